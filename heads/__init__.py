@@ -1,0 +1,1 @@
+"""Task heads, each beside its criterion (installed as tpo.heads)."""

@@ -1,0 +1,1 @@
+"""The three training stages as declarative objects (installed as tpo.stages)."""

@@ -1,0 +1,103 @@
+"""Load typed configs: YAML files (with `base:` inheritance) + CLI `key=value` overrides.
+
+Every error names the file and the dotted key that is wrong and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its schema."""
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """Read one YAML file and, recursively, the files its `base:` key names (relative paths)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: report with the file name
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got a list")
+    bases = node.pop("base", None)
+    if bases is None:
+        return node
+    merged = OmegaConf.create({})
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        merged = OmegaConf.merge(merged, _read_yaml((path.parent / str(base)).resolve()))
+    return OmegaConf.merge(merged, node)
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    msg = str(err).splitlines()[0]
+    return f"key '{key}': {msg}" if key else msg
+
+
+def merge_into(schema: type[T], sources: list[tuple[str, Any]]) -> T:
+    """Merge (label, mapping) sources into `schema` in order and build the dataclass.
+
+    `label` names where each source came from (a file path or 'command line') for errors.
+    """
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    for label, source in sources:
+        try:
+            cfg = OmegaConf.merge(cfg, source)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{label}: {_describe(err)}") from err
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        where = ", ".join(label for label, _ in sources) or schema.__name__
+        raise ConfigError(f"{where}: {_describe(err)}") from err
+    except (TypeError, ValueError) as err:  # raised by a schema's __post_init__ check
+        where = ", ".join(label for label, _ in sources) or schema.__name__
+        raise ConfigError(f"{where}: {err}") from err
+    return obj  # type: ignore[return-value]
+
+
+def load_config(
+    schema: type[T], paths: list[str | Path] | str | Path | None = None, overrides: list[str] = ()
+) -> T:
+    """Build `schema` from YAML files (later ones win) and `key=value` overrides.
+
+    >>> cfg = load_config(TPOConfig, ["configs/tiny/stage1.yaml"], ["train.max_steps=10"])
+    """
+    if paths is None:
+        paths = []
+    elif isinstance(paths, str | Path):
+        paths = [paths]
+    sources: list[tuple[str, Any]] = [(str(p), _read_yaml(Path(p))) for p in paths]
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        try:
+            sources.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"command line: {_describe(err)}") from err
+    return merge_into(schema, sources)
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text (stored beside every checkpoint)."""
+    node = OmegaConf.structured(cfg) if dataclasses.is_dataclass(cfg) else OmegaConf.create(cfg)
+    return OmegaConf.to_yaml(node)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain Python containers."""
+    out = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(out, dict | list | ListConfig)
+    return out  # type: ignore[return-value]

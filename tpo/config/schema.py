@@ -1,0 +1,70 @@
+"""The top-level config: model + data + train. One YAML per stage, built on shared bases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tpo.config.heads import HeadsConfig
+from tpo.config.model import ConnectorConfig, LLMConfig, TaskTokenConfig, VisionConfig
+
+
+@dataclass
+class ModelConfig:
+    """The whole MLLM: parts and heads."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    llm: LLMConfig = field(default_factory=lambda: LLMConfig(path="mistral-7b-instruct"))
+    tokens: TaskTokenConfig = field(default_factory=TaskTokenConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+
+
+@dataclass
+class DataConfig:
+    """What the stage reads and how videos are sampled."""
+
+    manifest: str = "data_manifests/toyworld_stage1.yaml"
+    num_frames: int = 16  # frames the LLM sees
+    img_size: int = 224
+    train_sampling: str = "rand"  # "rand" | "middle" (see tpo.data.video)
+    eval_sampling: str = "middle"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("train_sampling", "eval_sampling"):
+            if getattr(self, key) not in ("rand", "middle"):
+                raise ValueError(f"data.{key} must be 'rand' or 'middle', got {getattr(self, key)!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one stage (DeepSpeed JSON fields are filled from here at launch)."""
+
+    stage: int = 1
+    output_dir: str = "outputs/stage1"
+    init_from: str | None = None  # checkpoint to start from (default: the previous stage's)
+    deepspeed: str = "configs/deepspeed/zero2.json"
+    seed: int = 0
+    max_steps: int = 100
+    micro_batch: int = 2
+    grad_accum: int = 1
+    lr: float = 2e-5
+    lr_groups: dict = field(default_factory=dict)  # trainable group name -> lr
+    weight_decay: float = 0.02
+    adam_eps: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.05
+    clip_grad: float = 1.0
+    bf16: bool = True
+    log_every: int = 1
+    save_every: int = 0  # 0: only at the end
+
+
+@dataclass
+class TPOConfig:
+    """Everything one run needs; stored resolved beside every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

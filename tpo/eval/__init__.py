@@ -1,0 +1,1 @@
+"""Evaluation: metrics equal to the official evaluators, scorers and benchmark runners."""

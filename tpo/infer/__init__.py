@@ -1,0 +1,1 @@
+"""Inference: load a model, ask grounded questions, visualise the answers."""

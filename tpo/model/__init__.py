@@ -1,0 +1,1 @@
+"""Model: vision encoder, connector, LLM with task tokens, the assembled MLLM, builders."""

@@ -1,0 +1,1 @@
+"""POPEN preference objectives and the preference-based ensemble."""

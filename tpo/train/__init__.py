@@ -1,0 +1,1 @@
+"""Training: the one engine that runs any stage through DeepSpeed, checkpoints, logging."""

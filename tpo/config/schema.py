@@ -46,8 +46,10 @@ class TrainConfig:
     deepspeed: str = "configs/deepspeed/zero2.json"
     seed: int = 0
     max_steps: int = 100
-    micro_batch: int = 2
-    grad_accum: int = 1
+    micro_batch: int = 2  # per process (per GPU)
+    grad_accum: int = 1  # ignored when global_batch is set
+    global_batch: int | None = None  # micro_batch x grad_accum x world size
+    extra_groups: list[str] = field(default_factory=list)  # optional groups of the stage to train
     lr: float = 2e-5
     lr_groups: dict = field(default_factory=dict)  # trainable group name -> lr
     weight_decay: float = 0.02
@@ -59,6 +61,16 @@ class TrainConfig:
     bf16: bool = True
     log_every: int = 1
     save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2  # step checkpoints kept besides `final`
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"train.stage must be 1, 2 or 3, got {self.stage}")
+        if self.max_steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
+            raise ValueError("train.max_steps, train.micro_batch and train.grad_accum must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("train.min_lr_ratio must be in [0, 1] and train.warmup_ratio in [0, 1)")
 
 
 @dataclass

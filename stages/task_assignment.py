@@ -1,0 +1,13 @@
+"""Stage 1, task assignment: LoRA and task tokens learn to answer and emit the right task pair."""
+
+from tpo.stages.base import Stage
+
+STAGE1 = Stage(
+    number=1,
+    name="task_assignment",
+    trainable=("lora", "task_tokens"),
+    manifest="data_manifests/toyworld_stage1.yaml",
+    lm_weight=1.0,
+    head_losses=False,
+    init_from=None,
+)

@@ -1,0 +1,1 @@
+"""Helpers shared by tests (toy models and data for the engine)."""

@@ -1,0 +1,139 @@
+"""A tiny regression model and dataset that exercise the stage engine in milliseconds.
+
+Also runnable as a script (used by the resume and 2-process tests):
+`python -m tests.helpers.toy_engine OUT_DIR STAGE MAX_STEPS SAVE_EVERY [--resume] [--sleep S]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tpo.config import TPOConfig, load_config
+
+
+@dataclass
+class ToyBatch:
+    x: torch.Tensor  # [b, 4]
+    y: torch.Tensor  # [b, 1]
+
+    def to(self, device: str, dtype: torch.dtype) -> ToyBatch:
+        return ToyBatch(self.x.to(device, dtype), self.y.to(device))
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+class ToyModel(nn.Module):
+    """Three 'groups': lora (a), task_tokens (b), temporal_head (c), plus a frozen base."""
+
+    def __init__(self, sleep: float = 0.0):
+        super().__init__()
+        self.base = nn.Linear(4, 8)
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.c = nn.Linear(8, 1)
+        self.drop = nn.Dropout(0.1)
+        self.sleep = sleep
+
+    def trainable_groups(self):
+        return {
+            "lora": list(self.a.parameters()),
+            "task_tokens": list(self.b.parameters()),
+            "temporal_head": list(self.c.parameters()),
+            "connector": list(self.base.parameters()),
+            "connector_proj": [self.base.bias],
+        }
+
+    def forward(self, batch: ToyBatch):
+        if self.sleep:
+            time.sleep(self.sleep)
+        h = torch.tanh(self.base(batch.x))
+        h = self.drop(torch.tanh(self.a(h)))
+        pred = self.c(torch.tanh(self.b(h))).float()
+        loss = ((pred - batch.y) ** 2).mean()
+        return {"loss": loss, "loss_mse": loss.detach()}
+
+
+class ToyData:
+    """A fixed regression set; the stream of micro-batches depends only on (seed, position)."""
+
+    def __init__(self, seed: int, micro_batch: int, rank: int, world: int):
+        g = torch.Generator().manual_seed(1234)
+        self.x = torch.randn(64, 4, generator=g)
+        self.y = (self.x[:, :1] * 0.7 - self.x[:, 1:2] * 0.3).tanh()
+        self.seed, self.mb, self.rank, self.world = seed, micro_batch, rank, world
+        self.bad_samples: Counter = Counter()
+
+    def iterate(self, start: int):
+        k = start
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k * self.world + self.rank)
+            idx = torch.randint(0, len(self.x), (self.mb,), generator=g)
+            yield ToyBatch(self.x[idx], self.y[idx])
+            k += 1
+
+
+def toy_config(out_dir: str, stage: int, max_steps: int, save_every: int = 0) -> TPOConfig:
+    return load_config(
+        TPOConfig,
+        [],
+        [
+            f"train.output_dir={out_dir}",
+            f"train.stage={stage}",
+            f"train.max_steps={max_steps}",
+            f"train.save_every={save_every}",
+            "train.micro_batch=4",
+            "train.grad_accum=2",
+            "train.lr=0.01",
+            "train.warmup_ratio=0.1",
+            "train.tensorboard=false",
+            "train.bf16=false",
+            "train.init_from=null",
+        ],
+    )
+
+
+def builders(sleep: float = 0.0):
+    def model_builder(cfg, stage):
+        torch.manual_seed(0)
+        return ToyModel(sleep)
+
+    def data_builder(cfg, stage, dist):
+        return ToyData(cfg.train.seed, cfg.train.micro_batch, dist.rank, dist.world_size)
+
+    return model_builder, data_builder
+
+
+def main() -> None:
+    from tpo.stages import get_stage
+    from tpo.train.engine import StageRunner
+
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("stage", type=int)
+    p.add_argument("max_steps", type=int)
+    p.add_argument("save_every", type=int)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--init", default=None, help="checkpoint to start from")
+    p.add_argument("--local_rank", type=int, default=0)  # the deepspeed launcher passes it
+    a = p.parse_args()
+    cfg = toy_config(a.out, a.stage, a.max_steps, a.save_every)
+    cfg.train.init_from = a.init
+    runner = StageRunner(cfg, get_stage(a.stage), *builders(a.sleep))
+    runner.run(resume=a.resume)
+    # Each rank prints a checksum of its trained parameters (the 2-process test compares them).
+    total = sum(
+        float(p.detach().double().sum()) for p in runner.model.parameters() if p.requires_grad
+    )
+    print(f"RANK{runner.dist.rank} CHECKSUM {total:.12e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The stage engine on a toy model: named groups only, exact resume after kill -9, 2 processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.toy_engine import ToyModel, builders, toy_config
+from tpo.stages import get_stage
+from tpo.train.checkpoint import load_trained_weights
+from tpo.train.engine import StageRunner
+from tpo.train.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    **os.environ,
+    "DS_ACCELERATOR": "cpu",
+    "TORCH_EXTENSIONS_DIR": str(ROOT / "build" / "torch_extensions"),
+    "PYTHONPATH": str(ROOT),
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def _script(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tests.helpers.toy_engine", *map(str, args)]
+
+
+def test_stage_trains_exactly_its_groups(tmp_path):
+    cfg = toy_config(str(tmp_path / "s1"), 1, 5)
+    runner = StageRunner(cfg, get_stage(1), *builders())
+    torch.manual_seed(0)  # the builder's seed: the same init as the runner's model
+    before = {k: v.clone() for k, v in ToyModel().state_dict().items()}
+    runner.run()
+    after = runner.model.state_dict()
+    # stage 1 trains lora (a) and task_tokens (b); base and the head (c) stay bit-identical
+    for name in ("base.weight", "base.bias", "c.weight", "c.bias"):  # noqa: B007
+        assert torch.equal(before[name], after[name]), name
+    for name in ("a.weight", "b.weight"):
+        assert not torch.equal(before[name], after[name]), name
+    rows = read_metrics(tmp_path / "s1" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "s1" / "loss_curves.png").stat().st_size > 1000
+    state = json.loads((tmp_path / "s1" / "final" / "state.json").read_text())
+    assert state["trained_groups"] == ["lora", "task_tokens"] and state["step"] == 5
+
+    # stage 2 starts from stage 1's final checkpoint and keeps its trained groups in its own
+    cfg2 = toy_config(str(tmp_path / "s2"), 2, 3)
+    cfg2.train.init_from = str(tmp_path / "s1" / "final")
+    r2 = StageRunner(cfg2, get_stage(2), *builders())
+    r2.run()
+    state2 = json.loads((tmp_path / "s2" / "final" / "state.json").read_text())
+    assert set(state2["trained_groups"]) == {
+        "lora",
+        "task_tokens",
+        "temporal_head",
+        "connector_proj",
+    }
+    assert torch.equal(r2.model.a.weight, after["a.weight"])  # lora frozen in stage 2
+    torch.manual_seed(0)
+    fresh = ToyModel()
+    load_trained_weights(fresh, tmp_path / "s2" / "final")
+    assert torch.equal(fresh.c.weight, r2.model.c.weight)
+    torch.manual_seed(1)  # another base init is refused: the checkpoint does not store it
+    with pytest.raises(ValueError, match="base parameters differ"):
+        load_trained_weights(ToyModel(), tmp_path / "s2" / "final")
+
+
+def test_missing_previous_stage_names_the_command(tmp_path):
+    cfg = toy_config(str(tmp_path / "stage2"), 2, 2)
+    runner = StageRunner(cfg, get_stage(2), *builders())
+    with pytest.raises(FileNotFoundError, match="make stage1"):
+        from tpo.train.engine import resolve_init
+
+        resolve_init(cfg, get_stage(2))
+    assert runner.out.name == "stage2"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
+    full, cut, s1 = tmp_path / "full", tmp_path / "cut", tmp_path / "stage1"
+    subprocess.run(_script(s1, 1, 2, 0), env=ENV, check=True, capture_output=True, cwd=ROOT)
+    init = ("--init", s1 / "final")
+    subprocess.run(
+        _script(full, 2, 10, 0, *init), env=ENV, check=True, capture_output=True, cwd=ROOT
+    )
+    # the second run checkpoints every 3 steps and is killed (SIGKILL) after its step-6 save
+    proc = subprocess.Popen(
+        _script(cut, 2, 10, 3, "--sleep", "0.15", *init),
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (cut / "checkpoints" / "step_000006" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 6"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = read_metrics(cut / "metrics.jsonl")
+    assert max(r["step"] for r in done) < 10
+    subprocess.run(
+        _script(cut, 2, 10, 3, "--resume", *init),
+        env=ENV,
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    a = [r["loss"] for r in read_metrics(full / "metrics.jsonl")]
+    b = [r["loss"] for r in read_metrics(cut / "metrics.jsonl")]
+    assert len(a) == len(b) == 10
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_two_processes_on_loopback_stay_in_sync(tmp_path):
+    launcher = Path(sys.executable).parent / "deepspeed"
+    cmd = [
+        str(launcher),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29611",
+        "--module",
+        "tests.helpers.toy_engine",
+        str(tmp_path / "dp"),
+        "1",
+        "4",
+        "0",
+    ]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    sums = {ln.split()[0]: ln.split()[-1] for ln in out.stdout.splitlines() if "CHECKSUM" in ln}
+    assert set(sums) == {"RANK0", "RANK1"}, out.stdout[-2000:]
+    assert sums["RANK0"] == sums["RANK1"]
+    state = json.loads((tmp_path / "dp" / "final" / "state.json").read_text())
+    assert state["world_size"] == 2

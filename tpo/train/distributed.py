@@ -1,0 +1,64 @@
+"""Process-group setup for one process, the `deepspeed` launcher, or many nodes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str  # "cpu" or "cuda:N"
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, which writes shared files and shows progress."""
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU).
+
+    A plain single process gets the env variables DeepSpeed would otherwise look for through
+    mpi4py; under the `deepspeed` launcher they are already set.
+    """
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    on_cpu = get_accelerator().device_name() == "cpu"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", verbose=False)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if on_cpu:
+        device = "cpu"
+    else:
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,247 @@
+"""The one engine that runs any stage through DeepSpeed: setup, train, save, resume.
+
+Parts are injected: a model builder `(cfg, stage) -> nn.Module` whose forward takes a batch
+and returns a dict with a scalar `loss` (plus named losses to log) and which declares
+`trainable_groups()`, and a data builder `(cfg, stage, dist) -> TrainData`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from tpo.config.load import to_yaml
+from tpo.config.schema import TPOConfig
+from tpo.stages.base import Stage
+from tpo.train import checkpoint as ckpt_io
+from tpo.train.distributed import DistInfo, barrier, init_distributed
+from tpo.train.ds_config import build_ds_config
+from tpo.train.groups import count, optimizer_groups, select_trainable
+from tpo.train.logger import RunLogger
+from tpo.train.schedule import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class TrainData(Protocol):
+    """What the engine needs from the data side."""
+
+    bad_samples: Counter
+
+    def iterate(self, start: int) -> Iterator[Any]:
+        """Micro-batches of this rank from position `start` (micro-batches already consumed)."""
+        ...
+
+
+ModelBuilder = Callable[[TPOConfig, Stage], nn.Module]
+DataBuilder = Callable[[TPOConfig, Stage, DistInfo], TrainData]
+
+
+def resolve_init(cfg: TPOConfig, stage: Stage) -> Path | None:
+    """The checkpoint a stage starts from: `train.init_from`, else the previous stage's final."""
+    if cfg.train.init_from:
+        return Path(cfg.train.init_from)
+    if stage.init_from is None:
+        return None
+    prev = Path(cfg.train.output_dir).parent / stage.init_from / "final"
+    if not (prev / ckpt_io.STATE).is_file():
+        raise FileNotFoundError(
+            f"stage {stage.number} starts from {prev}, which holds no checkpoint: run stage "
+            f"{stage.number - 1} first (make stage{stage.number - 1}) or set train.init_from"
+        )
+    return prev
+
+
+class StageRunner:
+    """Runs one stage: builds the model and data, trains through DeepSpeed, checkpoints."""
+
+    def __init__(
+        self, cfg: TPOConfig, stage: Stage, model_builder: ModelBuilder, data_builder: DataBuilder
+    ):
+        self.cfg, self.stage = cfg, stage
+        self.model_builder, self.data_builder = model_builder, data_builder
+        self.out = Path(cfg.train.output_dir)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _setup(self, resume: bool) -> None:
+        import deepspeed
+
+        cfg, stage = self.cfg, self.stage
+        self.dist = init_distributed()
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        self.model = self.model_builder(cfg, stage)
+        self.resume_from = ckpt_io.latest_checkpoint(self.out) if resume else None
+        if resume and self.resume_from is None:
+            log.warning("--resume: no checkpoint under %s; starting from the beginning", self.out)
+        self.inherited: list[str] = []
+        init = self.resume_from or resolve_init(cfg, stage)
+        if init is not None:
+            state = ckpt_io.load_trained_weights(self.model, init)
+            self.inherited = [
+                g for g in state["trained_groups"] if g not in stage.groups(cfg.train.extra_groups)
+            ]
+        chosen = select_trainable(self.model, stage.groups(cfg.train.extra_groups))
+        self.groups = list(chosen)
+        n_train = count([p for ps in chosen.values() for p in ps])
+        n_all = count(list(self.model.parameters()))
+        if self.dist.is_main:
+            sizes = ", ".join(f"{g} {count(ps) / 1e6:.3f}M" for g, ps in chosen.items())
+            log.info(
+                "stage %d (%s): training %s of %s params: %s",
+                stage.number,
+                stage.name,
+                n_train,
+                n_all,
+                sizes,
+            )
+        t = cfg.train
+        optim = torch.optim.AdamW(
+            optimizer_groups(chosen, t.lr, t.weight_decay, stage.lr_scale, t.lr_groups),
+            lr=t.lr,
+            betas=tuple(t.betas),
+            eps=t.adam_eps,
+        )
+        sched = build_scheduler(optim, t.max_steps, t.warmup_ratio, t.min_lr_ratio)
+        self.ds_config = build_ds_config(t, self.dist.world_size)
+        self.accum = self.ds_config["gradient_accumulation_steps"]
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optim, lr_scheduler=sched, config=self.ds_config
+        )
+        self.dtype = torch.bfloat16 if t.bf16 else torch.float32
+        self.start_step, self.bad = 0, Counter()
+        if self.resume_from is not None:
+            self.engine.load_checkpoint(
+                str(self.resume_from),
+                tag="ds",
+                load_module_strict=False,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+            )
+            state = ckpt_io.load_trained_weights(self.model, self.resume_from, check_base=False)
+            self.start_step = state["step"]
+            self.bad = Counter(state.get("bad_samples", {}))
+            ckpt_io.load_rng(self.resume_from, self.dist.rank)
+        self.data = self.data_builder(cfg, stage, self.dist)
+        self.logger = RunLogger(self.out, tensorboard=t.tensorboard, enabled=self.dist.is_main)
+        self.logger.truncate_after(self.start_step)
+
+    # ---- train -------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Path:
+        """Train to `train.max_steps` (continuing the latest checkpoint with `resume`)."""
+        from tqdm import tqdm
+
+        self._setup(resume)
+        t = self.cfg.train
+        batches = self.data.iterate(self.start_step * self.accum)
+        bar = tqdm(
+            range(self.start_step, t.max_steps),
+            initial=self.start_step,
+            total=t.max_steps,
+            desc=f"stage {self.stage.number}",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+        )
+        self.engine.train()
+        for step in bar:
+            tic, sums, n_samples = time.perf_counter(), Counter(), 0
+            lrs = {
+                f"lr/{g.get('name', 'group')}": g["lr"] for g in self.engine.optimizer.param_groups
+            }
+            for _ in range(self.accum):
+                batch = next(batches).to(self.dist.device, self.dtype)
+                out = self.engine(batch)
+                self.engine.backward(out["loss"])
+                self.engine.step()
+                n_samples += len(batch)
+                for k, v in out.items():
+                    if torch.is_tensor(v) and v.numel() == 1:
+                        sums[k] += float(v.detach())
+            metrics = {k: v / self.accum for k, v in sums.items()}
+            elapsed = time.perf_counter() - tic
+            metrics["samples_per_s"] = n_samples * self.dist.world_size / max(elapsed, 1e-9)
+            metrics["grad_norm"] = _float(self.engine.get_global_grad_norm())
+            metrics.update(lrs)
+            bad = self.bad + self.data.bad_samples
+            metrics["bad_samples"] = sum(bad.values())
+            done = step + 1
+            if done % t.log_every == 0 or done == t.max_steps:
+                self.logger.log(done, metrics)
+            bar.set_postfix(
+                loss=f"{metrics.get('loss', float('nan')):.4f}",
+                sps=f"{metrics['samples_per_s']:.1f}",
+            )
+            if t.save_every and done % t.save_every == 0 and done < t.max_steps:
+                self.save(self.out / "checkpoints" / f"step_{done:06d}", done)
+                self._prune()
+        final = self.save(self.out / "final", t.max_steps)
+        self.logger.close()
+        bad = self.bad + self.data.bad_samples
+        if bad and self.dist.is_main:
+            log.warning(
+                "stage %d skipped %d bad samples: %s",
+                self.stage.number,
+                sum(bad.values()),
+                dict(bad),
+            )
+        return final
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self, folder: Path, step: int) -> Path:
+        """Write a complete checkpoint into `folder` atomically (every rank takes part)."""
+        tmp = folder.with_name(folder.name + ".tmp")
+        if self.dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        groups = list(dict.fromkeys(self.inherited + self.groups))
+        self.engine.save_checkpoint(str(tmp), tag="ds", exclude_frozen_parameters=True)
+        ckpt_io.save_rng(tmp, self.dist.rank)
+        if self.dist.is_main:
+            tensors = ckpt_io.trained_state(self.model, groups)
+            ckpt_io.save_weights(tmp / ckpt_io.WEIGHTS, tensors)
+            (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+            ckpt_io.write_json(tmp / "deepspeed.json", self.ds_config)
+            bad = self.bad + self.data.bad_samples
+            ckpt_io.write_json(
+                tmp / ckpt_io.STATE,
+                {
+                    "format": "tpo-checkpoint-1",
+                    "stage": self.stage.number,
+                    "stage_name": self.stage.name,
+                    "step": step,
+                    "micro_batches": step * self.accum,
+                    "world_size": self.dist.world_size,
+                    "trained_groups": groups,
+                    "base_fingerprint": ckpt_io.base_fingerprint(self.model, tensors),
+                    "bad_samples": dict(bad),
+                },
+            )
+        barrier()
+        if self.dist.is_main:
+            ckpt_io.finalize(tmp, folder)
+        barrier()
+        return folder
+
+    def _prune(self) -> None:
+        if not self.dist.is_main:
+            return
+        root = self.out / "checkpoints"
+        steps = sorted(
+            (p for p in root.glob("step_*") if p.name[5:].isdigit()), key=lambda p: p.name
+        )
+        for old in steps[: -self.cfg.train.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _float(v: Any) -> float:
+    if v is None:
+        return float("nan")
+    return float(v.item() if hasattr(v, "item") else v)

@@ -1,0 +1,68 @@
+"""Trainable groups: freeze everything, then switch on the groups a stage names."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Groups a stage may name that a model can lack (a head left out of the config).
+OPTIONAL_GROUPS = frozenset({"temporal_head", "region_head", "mask_head"})
+
+
+def select_trainable(model: nn.Module, names: tuple[str, ...] | list[str]) -> dict[str, list]:
+    """Freeze every parameter, then unfreeze the named groups; returns group -> parameters.
+
+    A parameter that sits in two named groups (e.g. `connector` and `connector_proj`) is
+    listed under the first only. Unknown group names are an error, naming what exists.
+    """
+    declared: dict[str, list[nn.Parameter]] = model.trainable_groups()
+    missing = [n for n in names if n not in declared and n not in OPTIONAL_GROUPS]
+    if missing:
+        raise ValueError(
+            f"groups {missing} are not declared by the model; it has {sorted(declared)}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    seen: set[int] = set()
+    chosen: dict[str, list[nn.Parameter]] = {}
+    for name in names:
+        if name not in declared:
+            log.info("group %s is not in this model (head not configured); skipped", name)
+            continue
+        params = [p for p in declared[name] if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        for p in params:
+            p.requires_grad_(True)
+        chosen[name] = params
+    return chosen
+
+
+def optimizer_groups(
+    chosen: dict[str, list[nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    lr_scale: dict[str, float] | None = None,
+    lr_override: dict[str, float] | None = None,
+) -> list[dict]:
+    """AdamW param groups: per trainable group an lr, and no decay for 1-d tensors (norms, biases)."""
+    lr_scale, lr_override = lr_scale or {}, lr_override or {}
+    groups = []
+    for name, params in chosen.items():
+        group_lr = lr_override.get(name, lr * lr_scale.get(name, 1.0))
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        for subset, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if subset:
+                groups.append({"params": subset, "lr": group_lr, "weight_decay": wd, "name": name})
+    if not groups:
+        raise ValueError("no trainable parameters: the stage's groups are all absent or empty")
+    return groups
+
+
+def count(params: list[nn.Parameter] | tuple[torch.Tensor, ...]) -> int:
+    """Number of elements in a list of tensors."""
+    return sum(p.numel() for p in params)

@@ -40,8 +40,20 @@ data: $(DATA)/annotations/qvh_train.jsonl
 $(DATA)/annotations/qvh_train.jsonl: $(STAMP)
 	$(TPO) toyworld --out $(DATA) --videos $(VIDEOS) --seed 0
 
+STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG))
+
+stage1: data
+	$(TPO) train --stage 1 $(STAGE_ARGS) $(ARGS)
+
+stage2: data
+	$(TPO) train --stage 2 $(STAGE_ARGS) $(ARGS)
+
+stage3: data
+	$(TPO) train --stage 3 $(STAGE_ARGS) $(ARGS)
+
 demo: data
 	$(TPO) toyworld --summary --out $(DATA)
+	$(MAKE) stage1 stage2 stage3
 
 test: $(STAMP)
 	$(PY) -m pytest

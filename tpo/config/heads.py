@@ -23,10 +23,22 @@ class TemporalHeadConfig:
     span_giou: float = 1.0
     fg_ce: float = 4.0
     eos_coef: float = 0.1
-    saliency: float = 4.0
+    saliency: float = 4.0  # weight of the margin ranking loss between clip pairs
     saliency_margin: float = 0.2
+    saliency_rank: float = 4.0  # weight of the rank-contrastive saliency loss (0: off)
+    saliency_tau: float = 0.5  # temperature of the rank-contrastive softmax
     aux_loss: bool = True
     nms_iou: float | None = None  # None: no NMS in post-processing
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.num_heads:
+            raise ValueError(f"temporal.hidden {self.hidden} not a multiple of num_heads")
+        if self.feat_source not in ("vision", "npz"):
+            raise ValueError(f"temporal.feat_source must be 'vision' or 'npz', not {self.feat_source!r}")
+        if self.feat_fps <= 0 or self.max_feats < 1:
+            raise ValueError("temporal.feat_fps must be > 0 and temporal.max_feats >= 1")
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"temporal.nms_iou must lie in (0, 1] or be null, got {self.nms_iou}")
 
 
 @dataclass
@@ -34,9 +46,15 @@ class RegionHeadConfig:
     """MLP from the <boxes> query to a normalised xyxy box (optional patch cross-attention)."""
 
     hidden: int = 2048
-    refine: bool = False
+    refine: bool = False  # cross-attend the query to the asked frame's patch features first
+    refine_dim: int = 256  # width of that cross-attention
+    refine_heads: int = 8
     l1: float = 2.0
     giou: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.refine and self.refine_dim % self.refine_heads:
+            raise ValueError(f"region.refine_dim {self.refine_dim} not a multiple of refine_heads")
 
 
 @dataclass
@@ -61,3 +79,13 @@ class HeadsConfig:
     temporal: TemporalHeadConfig | None = field(default_factory=TemporalHeadConfig)
     region: RegionHeadConfig | None = field(default_factory=RegionHeadConfig)
     mask: MaskHeadConfig | None = field(default_factory=MaskHeadConfig)
+    lm_weight: float = 1.0  # weight of the LM loss in the multi-task total
+    # per-head multiplier of its weighted loss sum (the official scales the temporal loss by 0.05)
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"temporal": 1.0, "region": 1.0, "mask": 1.0}
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.task_weights) - {"temporal", "region", "mask"}
+        if unknown:
+            raise ValueError(f"heads.task_weights: unknown heads {sorted(unknown)}")

@@ -56,7 +56,7 @@ class ConnectorConfig:
 class LoRAConfig:
     """PEFT LoRA on the LLM."""
 
-    enabled: bool = True
+    enabled: bool = True  # off: no adapters, the base LLM is the "llm" group
     r: int = 16
     alpha: int = 32
     dropout: float = 0.1
@@ -73,6 +73,10 @@ class LoRAConfig:
         ]
     )
 
+    def __post_init__(self) -> None:
+        if self.enabled and (self.r <= 0 or not self.targets):
+            raise ValueError("llm.lora: r must be positive and targets non-empty when enabled")
+
 
 @dataclass
 class LLMConfig:
@@ -81,12 +85,21 @@ class LLMConfig:
     path: str | None = None
     arch: dict = field(default_factory=dict)  # e.g. {model_type: mistral, hidden_size: 64, ...}
     tokenizer: str = "mistral-common"  # "mistral-common" | a local tokenizer folder
+    template: str = "mistral"  # prompt template: "mistral" ([INST] ...) | "chatml" (<|im_start|>)
+    system_msg: str = ""  # the {msg} slot of the template
+    attn_implementation: str = "sdpa"  # transformers attention backend ("eager", "sdpa", ...)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     max_text_len: int = 512
 
     def __post_init__(self) -> None:
         if self.path is None and not self.arch:
             raise ValueError("llm: give either a local `path` or an `arch` mapping")
+        if self.path is not None and self.arch:
+            raise ValueError("llm: give a local `path` or an `arch` mapping, not both")
+        if self.arch and "model_type" not in self.arch:
+            raise ValueError("llm.arch: needs a `model_type` key (e.g. mistral, llama)")
+        if self.template not in ("mistral", "chatml"):
+            raise ValueError(f"llm.template must be 'mistral' or 'chatml', got {self.template!r}")
 
 
 @dataclass
@@ -94,3 +107,7 @@ class TaskTokenConfig:
     """Learned content-token embeddings and the <track_box> box encoder."""
 
     box_hidden: int = 2048  # loc encoder MLP 4 -> box_hidden -> d_llm
+
+    def __post_init__(self) -> None:
+        if self.box_hidden <= 0:
+            raise ValueError(f"model.tokens.box_hidden must be positive, got {self.box_hidden}")

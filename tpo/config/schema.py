@@ -24,8 +24,7 @@ class DataConfig:
     """What the stage reads and how videos are sampled."""
 
     manifest: str = "data_manifests/toyworld_stage1.yaml"
-    num_frames: int = 16  # frames the LLM sees
-    img_size: int = 224
+    num_frames: int = 16  # frames the LLM sees (resized to model.vision.img_size)
     train_sampling: str = "rand"  # "rand" | "middle" (see tpo.data.video)
     eval_sampling: str = "middle"
     num_workers: int = 0

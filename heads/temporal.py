@@ -1,0 +1,162 @@
+"""Temporal head: moment retrieval (DETR-style span decoder) + highlight detection (saliency).
+
+The `<temp>` content token's hidden state conditions a small transformer over per-frame video
+features: it is prepended to the encoder input as an extra token and added to every decoder
+query. Spans are predicted as (centre, width) normalised by the video duration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import MLP
+
+from tpo.config.heads import TemporalHeadConfig
+from tpo.heads.span_ops import span_cw_to_xx, span_nms
+
+
+@dataclass
+class TemporalOutput:
+    """Predictions of the temporal head for `n` content tokens.
+
+    pred_spans: `[n, q, 2]` (centre, width) in [0, 1] of the video duration.
+    pred_logits: `[n, q, 2]` class logits, index 0 foreground, index 1 no-object.
+    saliency: `[n, t]` per-frame saliency scores (meaningless where `mask` is False).
+    mask: `[n, t]` bool, True for real (non-padding) frames.
+    aux: earlier decoder layers, each `{"pred_spans": [n, q, 2], "pred_logits": [n, q, 2]}`.
+    """
+
+    pred_spans: Tensor
+    pred_logits: Tensor
+    saliency: Tensor
+    mask: Tensor
+    aux: list[dict[str, Tensor]] = field(default_factory=list)
+
+
+def timestamp_encoding(tau: Tensor, dim: int) -> Tensor:
+    """Sin-cos encoding of normalised times `tau [n, t]` in [0, 1] -> `[n, t, dim]`.
+
+    DETR's normalised sine position embedding in one dimension (angle tau * 2 pi / 10000^(2i/dim)).
+    """
+    if dim % 2:
+        raise ValueError(f"timestamp_encoding: dim must be even, got {dim}")
+    half = dim // 2
+    inv_freq = 10000.0 ** (-torch.arange(half, device=tau.device, dtype=torch.float32) / half)
+    angles = tau.float()[..., None] * (2 * math.pi) * inv_freq  # [n, t, dim/2]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class TemporalHead(nn.Module):
+    """Moment decoder conditioned on the `<temp>` query; see `TemporalOutput` for the outputs."""
+
+    def __init__(self, cfg: TemporalHeadConfig, d_llm: int, d_feat: int):
+        super().__init__()
+        h = cfg.hidden
+        self.hidden = h
+        self.query_proj = nn.Sequential(nn.LayerNorm(d_llm), nn.Linear(d_llm, h))
+        self.feat_proj = nn.Sequential(
+            nn.LayerNorm(d_feat), nn.Dropout(cfg.dropout), nn.Linear(d_feat, h)
+        )
+        self.type_embed = nn.Embedding(2, h)  # 0: the query token, 1: a frame token
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(h, cfg.num_heads, 4 * h, cfg.dropout, batch_first=True),
+            cfg.enc_layers,
+            enable_nested_tensor=False,
+        )
+        self.decoder = nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(h, cfg.num_heads, 4 * h, cfg.dropout, batch_first=True),
+            cfg.dec_layers,
+            norm=nn.LayerNorm(h),
+        )
+        self.query_embed = nn.Embedding(cfg.num_queries, h)
+        self.span_embed = MLP(h, [h, h, 2], activation_layer=nn.ReLU)
+        self.class_embed = nn.Linear(h, 2)
+        self.saliency_frame = nn.Linear(h, h)
+        self.saliency_query = nn.Linear(h, h)
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """All parameters train together as `temporal_head`."""
+        return {"temporal_head": list(self.parameters())}
+
+    def forward(
+        self,
+        query: Tensor,
+        feats: Tensor,
+        timestamps: Tensor,
+        duration: Tensor,
+        mask: Tensor | None = None,
+    ) -> TemporalOutput:
+        """Predict spans and saliency.
+
+        query `[n, d_llm]` (`<temp>` hidden states), feats `[n, t, d_feat]`, timestamps `[n, t]`
+        seconds, duration `[n]` seconds, mask `[n, t]` bool of valid frames (None: all valid).
+        """
+        n, t, _ = feats.shape
+        if query.shape[0] != n or timestamps.shape != (n, t) or duration.shape != (n,):
+            raise ValueError(
+                f"TemporalHead: expected query [n, d], timestamps [n, t], duration [n] with n={n}, "
+                f"t={t}; got {tuple(query.shape)}, {tuple(timestamps.shape)}, {tuple(duration.shape)}"
+            )
+        if mask is None:
+            mask = torch.ones(n, t, dtype=torch.bool, device=feats.device)
+        mask = mask.bool()
+        dtype = self.query_embed.weight.dtype
+        tau = (timestamps / duration[:, None].clamp(min=1e-6)).clamp(0.0, 1.0)
+        frames = self.feat_proj(feats.to(dtype)) + timestamp_encoding(tau, self.hidden).to(dtype)
+        frames = frames + self.type_embed.weight[1]  # [n, t, h]
+        cond = self.query_proj(query.to(dtype))[:, None] + self.type_embed.weight[0]  # [n, 1, h]
+
+        src = torch.cat([cond, frames], dim=1)  # [n, 1+t, h]
+        pad = torch.cat([mask.new_zeros(n, 1), ~mask], dim=1)  # True = ignore
+        memory = self.encoder(src, src_key_padding_mask=pad)  # [n, 1+t, h]
+
+        # nn.TransformerDecoder returns only the last layer; run its layers to keep each output
+        # (DETR's return_intermediate) for the auxiliary losses.
+        x = self.query_embed.weight[None].expand(n, -1, -1) + cond  # [n, q, h]
+        layers = []
+        for layer in self.decoder.layers:
+            x = layer(x, memory, memory_key_padding_mask=pad)
+            hs = self.decoder.norm(x)
+            layers.append({"pred_spans": self.span_embed(hs).sigmoid(), "pred_logits": self.class_embed(hs)})
+
+        frame_mem, query_mem = memory[:, 1:], memory[:, :1]
+        saliency = (self.saliency_frame(frame_mem) * self.saliency_query(query_mem)).sum(-1)
+        saliency = saliency / math.sqrt(self.hidden)  # [n, t]
+        last = layers[-1]
+        return TemporalOutput(last["pred_spans"], last["pred_logits"], saliency, mask, layers[:-1])
+
+
+@torch.no_grad()
+def postprocess_spans(
+    out: TemporalOutput,
+    duration: Tensor,
+    nms_iou: float | None = None,
+    max_windows: int | None = None,
+) -> list[list[list[float]]]:
+    """Windows `[[start_s, end_s, score], ...]` per sample, sorted by foreground probability.
+
+    Spans are clipped to [0, duration]; with `nms_iou`, a window whose IoU with a better-scored
+    kept window exceeds it is dropped; `max_windows` keeps the best ones.
+    """
+    probs = out.pred_logits.float().softmax(-1)[..., 0]  # [n, q]
+    xx = span_cw_to_xx(out.pred_spans.float()).clamp(0.0, 1.0)  # [n, q, 2]
+    xx = xx * duration.float().to(xx.device)[:, None, None]
+    results = []
+    for spans, scores in zip(xx, probs):
+        order = scores.argsort(descending=True)
+        spans, scores = spans[order], scores[order]
+        if nms_iou is not None:
+            keep = span_nms(spans, scores, nms_iou)  # indices by decreasing score
+            spans, scores = spans[keep], scores[keep]
+        rows = torch.cat([spans, scores[:, None]], dim=-1)[:max_windows]
+        results.append(rows.tolist())
+    return results
+
+
+@torch.no_grad()
+def postprocess_saliency(out: TemporalOutput) -> list[list[float]]:
+    """Per-frame saliency scores of the valid frames of each sample."""
+    return [s[m].float().tolist() for s, m in zip(out.saliency, out.mask)]

@@ -1,0 +1,66 @@
+"""Config system: every YAML and manifest loads against its schema; errors name file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from tpo.config import ConfigError, TPOConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+MANIFESTS = sorted((ROOT / "data_manifests").glob("*.yaml"))
+
+
+def test_there_are_configs_and_manifests():
+    assert len(CONFIGS) >= 9 and len(MANIFESTS) >= 6
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_loads(path):
+    cfg = load_config(TPOConfig, [path])
+    assert isinstance(cfg, TPOConfig)
+    if path.name.startswith("stage") and "_" not in path.stem:
+        assert cfg.train.stage == int(path.stem[-1])
+        assert (ROOT / cfg.data.manifest).is_file(), f"{path}: data.manifest {cfg.data.manifest}"
+        assert (ROOT / cfg.train.deepspeed).is_file(), f"{path}: train.deepspeed"
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_every_manifest_loads(path):
+    from tpo.data.manifest import load_manifest
+
+    manifest = load_manifest(path)
+    assert manifest.datasets
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.5\n  max_steps: 7\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  max_steps: 9\n")
+    cfg = load_config(TPOConfig, [tmp_path / "child.yaml"], ["train.micro_batch=3"])
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.train.micro_batch) == (0.5, 9, 3)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.learning_rate"):
+        load_config(TPOConfig, [bad])
+
+
+def test_wrong_type_names_key(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text("train:\n  max_steps: many\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml.*train\.max_steps"):
+        load_config(TPOConfig, [bad])
+
+
+def test_schema_check_and_cli_errors(tmp_path):
+    with pytest.raises(ConfigError, match="train.stage must be 1, 2 or 3"):
+        load_config(TPOConfig, [], ["train.stage=4"])
+    with pytest.raises(ConfigError, match="command line.*key=value"):
+        load_config(TPOConfig, [], ["train.stage"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(TPOConfig, [tmp_path / "missing.yaml"])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(TPOConfig, [tmp_path / "list.yaml"])

@@ -1,0 +1,168 @@
+"""Prompt templates and the text collator: (question, answer, history) -> padded token tensors.
+
+The visual tokens have no token ids: the collator writes `VISUAL_TOKEN_ID` (a negative sentinel
+that never reaches the embedding table) at the positions where the MLLM later puts the
+connector's visual tokens, so every sequence already has its final length and padding side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+VID_PLACEHOLDER = "[<VID_PLH>]"  # the official placeholder text in the prompt
+VISUAL_TOKEN_ID = -200  # input_ids value at visual-token positions
+IGNORE_INDEX = -100  # labels value of positions without LM loss
+
+
+@dataclass
+class Turn:
+    """One question/answer with optional earlier turns [(question, answer), ...]."""
+
+    question: str
+    answer: str | None = None  # None: a prompt for generation
+    history: list[tuple[str, str]] = field(default_factory=list)
+    has_video: bool = True
+
+
+@dataclass
+class TextBatch:
+    """Padded token tensors; visual positions hold VISUAL_TOKEN_ID.
+
+    input_ids [b, s] long, attention_mask [b, s] long, labels [b, s] long (IGNORE_INDEX except
+    on answer tokens and the closing eos; None for generation prompts).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+def build_prompt(
+    question: str,
+    history: Sequence[tuple[str, str]] | None = None,
+    system_msg: str = "",
+    template: str = "mistral",
+    has_video: bool = True,
+) -> str:
+    """The prompt text up to where the answer starts; the video sits at VID_PLACEHOLDER.
+
+    mistral (official): "[INST] <Video>[<VID_PLH>]</Video>{msg}[/INST] [INST] {q} [/INST]";
+    chatml: "<|im_start|>system\\n{msg}<|im_end|>\\n<|im_start|>user\\n<Video>..</Video>\\n{q}
+    <|im_end|>\\n<|im_start|>assistant\\n". Earlier turns come before the question.
+    """
+    video = f"<Video>{VID_PLACEHOLDER}</Video>" if has_video else ""
+    history = list(history or [])
+    if template == "mistral":
+        text = f"[INST] {video}{system_msg}[/INST]" if (video or system_msg) else ""
+        for q, a in history:
+            text += f" [INST] {q} [/INST] {a}"
+        return f"{text} [INST] {question} [/INST]".lstrip()
+    if template == "chatml":
+        text = f"<|im_start|>system\n{system_msg}<|im_end|>\n" if system_msg else ""
+        first = f"{video}\n" if video else ""
+        for q, a in history:
+            text += f"<|im_start|>user\n{first}{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
+            first = ""
+        return text + f"<|im_start|>user\n{first}{question}<|im_end|>\n<|im_start|>assistant\n"
+    raise ValueError(f"unknown prompt template {template!r} (expected 'mistral' or 'chatml')")
+
+
+def _as_turn(sample) -> Turn:
+    if isinstance(sample, Turn):
+        return sample
+    if isinstance(sample, tuple | list) and 1 <= len(sample) <= 3:
+        return Turn(*sample)
+    raise TypeError(f"expected a Turn or (question, answer, history) tuple, got {sample!r}")
+
+
+class PromptCollator:
+    """Tokenises turns into a TextBatch: right padding for training, left for generation.
+
+    Truncation to `max_len` keeps the BOS, the text up to the video and all visual tokens: the
+    prompt text after the video is cut from its start (the question's end and the answer's
+    start survive), then the answer is cut from its end.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        num_visual_tokens: int,
+        max_len: int = 512,
+        template: str = "mistral",
+        system_msg: str = "",
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.num_visual = num_visual_tokens
+        self.max_len = max_len
+        self.template = template
+        self.system_msg = system_msg
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+        # Mistral prompts start with <s>; ChatML ones carry no BOS.
+        self.bos = [tokenizer.bos_token_id] if template == "mistral" and tokenizer.bos_token else []
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _sequences(self, turns: list[Turn]) -> tuple[list[list[int]], list[int]]:
+        """Token lists and the number of leading prompt tokens (no loss) of each."""
+        heads, tails = [], []
+        for t in turns:
+            text = build_prompt(t.question, t.history, self.system_msg, self.template, t.has_video)
+            head, _, tail = text.partition(VID_PLACEHOLDER) if t.has_video else ("", "", text)
+            heads.append(head)
+            tails.append(tail)
+        answers = [t.answer for t in turns if t.answer is not None]
+        enc = self._encode(heads + tails + answers)
+        n = len(turns)
+        head_ids, tail_ids, ans_iter = enc[:n], enc[n : 2 * n], iter(enc[2 * n :])
+        seqs, prompt_lens = [], []
+        for t, head, tail in zip(turns, head_ids, tail_ids):
+            prefix = self.bos + head + ([VISUAL_TOKEN_ID] * self.num_visual if t.has_video else [])
+            answer = next(ans_iter) + [self.eos_id] if t.answer is not None else []
+            room = self.max_len - len(prefix) - min(len(answer), 1)
+            if room < 1:
+                raise ValueError(
+                    f"max_text_len {self.max_len} leaves no room for text after the "
+                    f"{len(prefix)} tokens up to and including the video"
+                )
+            tail = tail[-room:] if len(tail) > room else tail
+            answer = answer[: self.max_len - len(prefix) - len(tail)]
+            seqs.append(prefix + tail + answer)
+            prompt_lens.append(len(prefix) + len(tail))
+        return seqs, prompt_lens
+
+    def _pad(self, seqs: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            span = slice(length - len(s), length) if left else slice(0, len(s))
+            ids[i, span] = torch.tensor(s, dtype=torch.long)
+            mask[i, span] = 1
+        return ids, mask
+
+    def __call__(self, samples: Sequence) -> TextBatch:
+        """Training batch (right padding) from Turns or (question, answer, history) tuples."""
+        turns = [_as_turn(s) for s in samples]
+        if any(t.answer is None for t in turns):
+            raise ValueError("training samples need an answer; use .prompts() for generation")
+        seqs, prompt_lens = self._sequences(turns)
+        ids, mask = self._pad(seqs, left=False)
+        positions = torch.arange(ids.shape[1])
+        answer = (positions >= torch.tensor(prompt_lens)[:, None]) & mask.bool()
+        labels = torch.where(answer, ids, IGNORE_INDEX)
+        return TextBatch(ids, mask, labels)
+
+    def prompts(self, samples: Sequence) -> TextBatch:
+        """Generation batch (left padding): prompts only, answers (if any) ignored."""
+        turns = [_as_turn(s) for s in samples]
+        turns = [Turn(t.question, None, t.history, t.has_video) for t in turns]
+        seqs, _ = self._sequences(turns)
+        ids, mask = self._pad(seqs, left=True)
+        return TextBatch(ids, mask)

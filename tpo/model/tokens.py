@@ -1,0 +1,167 @@
+"""Tokenizer loading, the 7 task tokens of the official release, and their learned embeddings.
+
+Task pairs in answers: `<time_begin><temp>` (temporal head), `<box_begin><boxes>` (region head),
+`<track_begin><tracking>` (mask head). The input embeddings of the content tokens
+(`<temp> <boxes> <tracking>`) are learned vectors, and each `<track_box>` in a prompt takes the
+embedding of a user-given box through a small MLP.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from tpo.config.model import LLMConfig, TaskTokenConfig
+
+# The order of the official release: with the Mistral tokenizer these get ids 32000..32006.
+TASK_TOKENS = (
+    "<box_begin>",
+    "<time_begin>",
+    "<temp>",
+    "<boxes>",
+    "<track_begin>",
+    "<tracking>",
+    "<track_box>",
+)
+HEADS = ("temporal", "region", "mask")  # head index 0, 1, 2 of a content token
+BEGIN_TOKENS = ("<time_begin>", "<box_begin>", "<track_begin>")  # in HEADS order
+CONTENT_TOKENS = ("<temp>", "<boxes>", "<tracking>")  # in HEADS order
+TRACK_BOX = "<track_box>"
+MISTRAL_COMMON = "mistral-common"
+
+
+@dataclass(frozen=True)
+class TaskTokenIds:
+    """Token ids of the task tokens in one tokenizer."""
+
+    all: tuple[int, ...]  # the 7 ids in TASK_TOKENS order
+    begin: tuple[int, int, int]  # <time_begin> <box_begin> <track_begin> (HEADS order)
+    content: tuple[int, int, int]  # <temp> <boxes> <tracking> (HEADS order)
+    track_box: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> TaskTokenIds:
+        """Look the task tokens up; raises if the tokenizer lacks them (see add_task_tokens)."""
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in TASK_TOKENS if t not in vocab]
+        if missing:
+            raise ValueError(f"tokenizer lacks task tokens {missing}; call add_task_tokens first")
+        return cls(
+            all=tuple(vocab[t] for t in TASK_TOKENS),
+            begin=tuple(vocab[t] for t in BEGIN_TOKENS),  # type: ignore[arg-type]
+            content=tuple(vocab[t] for t in CONTENT_TOKENS),  # type: ignore[arg-type]
+            track_box=vocab[TRACK_BOX],
+        )
+
+
+def mistral_vocab_file() -> Path:
+    """The Mistral 7B SentencePiece model (32,000 pieces) shipped inside `mistral_common`."""
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm.tokenizer 'mistral-common': package mistral_common not installed")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    for name in ("tokenizer.model.v1", "tokenizer.model.v2"):
+        if (data / name).is_file():
+            return data / name
+    raise FileNotFoundError(f"llm.tokenizer 'mistral-common': no tokenizer.model.v1/v2 in {data}")
+
+
+def mistral_tokenizer():
+    """An HF Llama tokenizer (tokenizers backend) built from the local Mistral vocab file."""
+    from transformers import LlamaTokenizer
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    # The file is named tokenizer.model.v1, which transformers' own loader does not take for a
+    # SentencePiece model (it checks the '.model' suffix), so the extractor is called directly.
+    kwargs = SentencePieceExtractor(str(mistral_vocab_file())).extract(LlamaTokenizer.model)
+    return LlamaTokenizer(**kwargs)
+
+
+def add_task_tokens(tokenizer) -> int:
+    """Add the 7 task tokens as special tokens, in the official order; returns how many were new."""
+    present = set(tokenizer.get_vocab())
+    new = [t for t in TASK_TOKENS if t not in present]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+    return len(new)
+
+
+def load_tokenizer(cfg: LLMConfig):
+    """The LLM's tokenizer with the task tokens added and a pad token set. Local files only."""
+    if cfg.tokenizer == MISTRAL_COMMON:
+        tokenizer = mistral_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        folder = Path(cfg.tokenizer)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"llm.tokenizer: '{cfg.tokenizer}' is neither 'mistral-common' nor a local folder "
+                "(for build/assets/smollm2 run `make assets`)"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    add_task_tokens(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if tokenizer.eos_token is None:
+        raise ValueError(f"llm.tokenizer '{cfg.tokenizer}': tokenizer has no eos token")
+    return tokenizer
+
+
+class TaskTokens(nn.Module):
+    """Learned input embeddings of the content tokens and the <track_box> box encoder.
+
+    `attach(embedding)` registers a forward hook on the LLM's input embedding layer that puts
+    the learned vectors at content-token positions, so training and generation (where HF
+    `generate` embeds each new token itself) share one mechanism.
+    """
+
+    def __init__(
+        self, ids: TaskTokenIds, width: int, box_hidden: int, init: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.ids = ids
+        self.register_buffer("content_ids", torch.tensor(ids.content), persistent=False)
+        start = init.detach().expand(3, width).clone() if init is not None else torch.zeros(3, width)
+        self.content = nn.Parameter(start)  # [3, d_llm]: <temp> <boxes> <tracking>
+        self.box_encoder = nn.Sequential(
+            nn.Linear(4, box_hidden), nn.ReLU(), nn.Linear(box_hidden, width)
+        )
+
+    def head_index(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[b, s] long: the head (0 temporal, 1 region, 2 mask) of each content token, else -1."""
+        match = input_ids.unsqueeze(-1) == self.content_ids  # [b, s, 3]
+        return torch.where(match.any(-1), match.long().argmax(-1), -1)
+
+    def substitute(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Replace the embeddings [b, s, d] at content-token positions by the learned vectors."""
+        match = (input_ids.unsqueeze(-1) == self.content_ids).to(self.content.dtype)  # [b, s, 3]
+        rows = (match @ self.content).to(embeds.dtype)  # [b, s, d]
+        return torch.where(match.sum(-1, keepdim=True) > 0, rows, embeds)
+
+    def encode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Normalised xyxy boxes [n, 4] -> <track_box> embeddings [n, d_llm]."""
+        return self.box_encoder(boxes.to(self.content.dtype))
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.substitute(args[0], output)
+
+    def attach(self, embedding: nn.Module) -> RemovableHandle:
+        """Hook the LLM's input embedding layer so content tokens get the learned vectors."""
+        return embedding.register_forward_hook(self._hook)
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"task_tokens": content vectors + box encoder}."""
+        return {"task_tokens": list(self.parameters())}
+
+
+def build_task_tokens(
+    cfg: TaskTokenConfig, ids: TaskTokenIds, width: int, init: torch.Tensor | None = None
+) -> TaskTokens:
+    """TaskTokens for an LLM of `width`; `init` [d] (the mean input embedding) seeds the vectors."""
+    return TaskTokens(ids, width, cfg.box_hidden, init)

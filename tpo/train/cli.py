@@ -1,0 +1,37 @@
+"""`tpo train --stage N [--config FILE] [--resume] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def default_config(stage: int) -> Path:
+    """The embedded toy-world default of a stage."""
+    return Path("configs") / "tiny" / f"stage{stage}.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `tpo train`."""
+    parser.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
+    parser.add_argument("--config", default=None, help="stage YAML (default configs/tiny/stageN.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # deepspeed
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, then run the stage through the engine."""
+    from tpo.config import TPOConfig, load_config
+    from tpo.stages import get_stage
+    from tpo.train.builders import build_train_data, build_train_model
+    from tpo.train.engine import StageRunner
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    path = Path(args.config) if args.config else default_config(args.stage)
+    cfg = load_config(TPOConfig, [path], [f"train.stage={args.stage}", *args.overrides])
+    stage = get_stage(args.stage)
+    final = StageRunner(cfg, stage, build_train_model, build_train_data).run(resume=args.resume)
+    print(f"stage {args.stage} done: {final}")
+    return 0

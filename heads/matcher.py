@@ -49,11 +49,17 @@ class HungarianMatcher(nn.Module):
         cost_span = torch.cdist(spans, tgt, p=1)  # [b*q, sum k]
         cost_giou = -generalized_temporal_iou(span_cw_to_xx(spans), span_cw_to_xx(tgt))
         cost_class = -prob[:, :1]  # [b*q, 1], broadcast over targets
-        cost = self.cost_span * cost_span + self.cost_giou * cost_giou + self.cost_class * cost_class
+        cost = (
+            self.cost_span * cost_span + self.cost_giou * cost_giou + self.cost_class * cost_class
+        )
         cost = cost.view(b, q, -1).cpu()  # [b, q, sum k]
 
         indices = []
         for i, c in enumerate(cost.split(sizes, dim=-1)):
-            rows, cols = linear_sum_assignment(c[i].numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols)))
-        return [(r, c.to(torch.int64)) for r, c in indices]
+            rows, cols = linear_sum_assignment(c[i].numpy())  # rows sorted increasing
+            as_long = (
+                torch.as_tensor(rows, dtype=torch.int64),
+                torch.as_tensor(cols, dtype=torch.int64),
+            )
+            indices.append(as_long)
+        return indices

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, generalized_box_iou, nms
+from torchvision.ops import box_iou, generalized_box_iou, generalized_box_iou_loss, nms
 
 
 def span_cw_to_xx(spans: Tensor) -> Tensor:
@@ -51,3 +51,8 @@ def generalized_temporal_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
 def span_nms(spans: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Indices of (start, end) spans `[n, 2]` kept by NMS, by decreasing `scores` `[n]`."""
     return nms(_lift(spans).float(), scores.float(), iou_threshold)
+
+
+def span_giou_loss(spans1: Tensor, spans2: Tensor) -> Tensor:
+    """Element-wise 1 - GIoU of paired (start, end) spans `[n, 2]`, `[n, 2]` -> `[n]`."""
+    return generalized_box_iou_loss(_lift(spans1), _lift(spans2), reduction="none")

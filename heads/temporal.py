@@ -120,7 +120,9 @@ class TemporalHead(nn.Module):
         for layer in self.decoder.layers:
             x = layer(x, memory, memory_key_padding_mask=pad)
             hs = self.decoder.norm(x)
-            layers.append({"pred_spans": self.span_embed(hs).sigmoid(), "pred_logits": self.class_embed(hs)})
+            layers.append(
+                {"pred_spans": self.span_embed(hs).sigmoid(), "pred_logits": self.class_embed(hs)}
+            )
 
         frame_mem, query_mem = memory[:, 1:], memory[:, :1]
         saliency = (self.saliency_frame(frame_mem) * self.saliency_query(query_mem)).sum(-1)

@@ -23,19 +23,22 @@ from torch import Tensor, nn
 def sample_feature_times(duration: float, feat_fps: float, max_feats: int) -> Tensor:
     """Clip-centre timestamps in seconds `[t]`: one per 1/feat_fps s, at most `max_feats`.
 
-    A video of `duration` seconds is cut into ceil(duration * feat_fps) clips (at least one);
-    when that exceeds `max_feats`, it is cut into `max_feats` equal clips instead.
+    The video is cut into clips [i / feat_fps, min((i + 1) / feat_fps, duration)] (at least one);
+    when there are more than `max_feats`, into `max_feats` equal clips instead.
     """
     if not duration > 0:
         raise ValueError(f"sample_feature_times: duration must be > 0 s, got {duration}")
     if feat_fps <= 0 or max_feats < 1:
-        raise ValueError(f"sample_feature_times: need feat_fps > 0, max_feats >= 1 ({feat_fps}, {max_feats})")
+        raise ValueError(
+            f"sample_feature_times: need feat_fps > 0 and max_feats >= 1, got {feat_fps}, {max_feats}"
+        )
     count = max(1, int(np.ceil(duration * feat_fps - 1e-6)))
     if count > max_feats:
         step = duration / max_feats
-        return (torch.arange(max_feats, dtype=torch.float64) + 0.5).mul(step).float()
-    times = (torch.arange(count, dtype=torch.float64) + 0.5) / feat_fps
-    return times.clamp(max=duration).float()
+        return ((torch.arange(max_feats, dtype=torch.float64) + 0.5) * step).float()
+    starts = torch.arange(count, dtype=torch.float64) / feat_fps
+    ends = ((torch.arange(count, dtype=torch.float64) + 1) / feat_fps).clamp(max=duration)
+    return ((starts + ends) / 2).float()
 
 
 def load_npz_features(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -65,7 +68,9 @@ def load_npz_features(path: str | Path) -> tuple[Tensor, Tensor]:
         else:
             raise KeyError(f"{path}: expected key 'timestamps' [t] or a scalar 'fps'; found {keys}")
     if times.shape != (len(feats),):
-        raise ValueError(f"{path}: 'timestamps' must be [{len(feats)}] to match '{feat_key}', got {times.shape}")
+        raise ValueError(
+            f"{path}: 'timestamps' must be [{len(feats)}] to match '{feat_key}', got {times.shape}"
+        )
     if not (np.isfinite(feats).all() and np.isfinite(times).all()):
         raise ValueError(f"{path}: features or timestamps hold NaN/inf")
     if (np.diff(times) <= 0).any():
@@ -80,7 +85,9 @@ def save_npz_features(path: str | Path, feats: Tensor, timestamps: Tensor) -> No
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, features=feats.float().cpu().numpy(), timestamps=timestamps.float().cpu().numpy())
+            np.savez(
+                f, features=feats.float().cpu().numpy(), timestamps=timestamps.float().cpu().numpy()
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -148,7 +155,9 @@ class FrameFeatureCache:
             times = sample_feature_times(duration, self.feat_fps, self.max_feats)
             frames = self.read_frames(video_path, times)
             if frames.shape[0] != len(times):
-                raise ValueError(f"{video_path}: read {frames.shape[0]} frames for {len(times)} timestamps")
+                raise ValueError(
+                    f"{video_path}: read {frames.shape[0]} frames for {len(times)} timestamps"
+                )
             chunks = [self.encode(chunk).float().cpu() for chunk in frames.split(self.batch_size)]
             result = (torch.cat(chunks), times)
             if file is not None:

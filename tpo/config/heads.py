@@ -34,7 +34,9 @@ class TemporalHeadConfig:
         if self.hidden % self.num_heads:
             raise ValueError(f"temporal.hidden {self.hidden} not a multiple of num_heads")
         if self.feat_source not in ("vision", "npz"):
-            raise ValueError(f"temporal.feat_source must be 'vision' or 'npz', not {self.feat_source!r}")
+            raise ValueError(
+                f"temporal.feat_source must be 'vision' or 'npz', not {self.feat_source!r}"
+            )
         if self.feat_fps <= 0 or self.max_feats < 1:
             raise ValueError("temporal.feat_fps must be > 0 and temporal.max_feats >= 1")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:

@@ -6,6 +6,7 @@ Defaults are the full-size values of the official VideoChat-TPO release.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -20,7 +21,7 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     tubelet: int = 1
     pos_frames: int = 4  # sin-cos embedding built for this many (temporal) frames, interpolated
-    return_index: int = -2  # features after this block; -2 runs 23 of 24 blocks as the official
+    return_index: int = -2  # features after this block; -2: builds and runs 23 of 24 (official)
     add_ln: bool = True  # the extra LayerNorm after the returned block
     ln_eps: float = 1e-12
     drop_path: float = 0.0
@@ -32,6 +33,10 @@ class VisionConfig:
             raise ValueError(f"vision.img_size {self.img_size} not a multiple of patch_size")
         if not -self.depth <= self.return_index < self.depth:
             raise ValueError(f"vision.return_index {self.return_index} outside depth {self.depth}")
+        if self.width % self.num_heads:
+            raise ValueError(f"vision.width {self.width} not a multiple of num_heads")
+        if self.tubelet < 1 or self.pos_frames < 1:
+            raise ValueError("vision.tubelet and vision.pos_frames must be >= 1")
 
 
 @dataclass
@@ -50,6 +55,14 @@ class ConnectorConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1
     bert_init: str | None = None  # local BERT folder to initialise the Q-Former from
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.num_heads:
+            raise ValueError(f"connector.hidden {self.hidden} not a multiple of num_heads")
+        if self.num_query < 1 or self.extra_query < 0 or self.cross_attention_freq < 1:
+            raise ValueError(
+                "connector: num_query and cross_attention_freq must be >= 1, extra_query >= 0"
+            )
 
 
 @dataclass
@@ -82,8 +95,10 @@ class LoRAConfig:
 class LLMConfig:
     """Causal LM: from a local HF folder (`path`) or built from `arch` (HF config kwargs)."""
 
-    path: str | None = None
-    arch: dict = field(default_factory=dict)  # e.g. {model_type: mistral, hidden_size: 64, ...}
+    path: str | None = None  # local HF folder; when set it wins over `arch`
+    # HF config kwargs, e.g. {model_type: mistral, hidden_size: 64, ...}. Typed Any (a mapping or
+    # None) because the struct-mode loader would refuse the keys of a `dict` field.
+    arch: Any = None
     tokenizer: str = "mistral-common"  # "mistral-common" | a local tokenizer folder
     template: str = "mistral"  # prompt template: "mistral" ([INST] ...) | "chatml" (<|im_start|>)
     system_msg: str = ""  # the {msg} slot of the template
@@ -92,10 +107,10 @@ class LLMConfig:
     max_text_len: int = 512
 
     def __post_init__(self) -> None:
+        if self.arch is not None and not isinstance(self.arch, dict):
+            raise ValueError(f"llm.arch must be a mapping of HF config kwargs, got {self.arch!r}")
         if self.path is None and not self.arch:
             raise ValueError("llm: give either a local `path` or an `arch` mapping")
-        if self.path is not None and self.arch:
-            raise ValueError("llm: give a local `path` or an `arch` mapping, not both")
         if self.arch and "model_type" not in self.arch:
             raise ValueError("llm.arch: needs a `model_type` key (e.g. mistral, llama)")
         if self.template not in ("mistral", "chatml"):

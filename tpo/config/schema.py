@@ -17,6 +17,7 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=lambda: LLMConfig(path="mistral-7b-instruct"))
     tokens: TaskTokenConfig = field(default_factory=TaskTokenConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    init_seed: int = 0  # seeds the random init of everything not loaded from a local path
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 New vocabulary rows (input embeddings and lm_head) start at the mean of the old rows. With
 LoRA on, PEFT's `trainable_token_indices` makes the input rows of the 7 task tokens trainable
-(group "task_tokens"); the lm_head rows of the new tokens learn through the LoRA adapter on
-lm_head (its B rows are per-token), or directly when lm_head is tied to the embeddings.
+(group "task_tokens"; peft 0.21 accepts it for the input embedding only, not for a LoRA-wrapped
+lm_head). The lm_head rows of the new tokens learn through the LoRA adapter on lm_head (its B
+rows are per output token), or, when lm_head is tied to the input embeddings (SmolLM2), through
+the same trainable rows.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from tpo.model.tokens import TaskTokenIds
 class LanguageModel(nn.Module):
     """An HF causal LM (optionally PEFT-wrapped) with the task-token ids of its tokenizer."""
 
-    def __init__(self, model: nn.Module, token_ids: TaskTokenIds) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        token_ids: TaskTokenIds,
+        width: int,
+        mean_embedding: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.token_ids = token_ids
-
-    @property
-    def width(self) -> int:
-        """d_llm, the hidden size."""
-        return self.input_embeddings().weight.shape[1]
+        self.width = width  # d_llm
+        self.mean_embedding = mean_embedding  # [d_llm] mean of the base input rows (not saved)
 
     @property
     def is_peft(self) -> bool:
@@ -55,7 +60,7 @@ class LanguageModel(nn.Module):
         return self.model.generate(**kwargs)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
-        """"lora" (adapter weights), "task_tokens" (new input rows), "llm" (all base weights)."""
+        """ "lora" (adapter weights), "task_tokens" (new input rows), "llm" (all base weights)."""
         from peft.tuners.lora import LoraLayer
         from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
@@ -102,7 +107,9 @@ def build_base_model(
                 "(for build/assets/smollm2 run `make assets`)"
             )
         if not meta:
-            return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+            return AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, **kwargs
+            )
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     else:
         arch = dict(cfg.arch)
@@ -134,8 +141,11 @@ def build_llm(
         )
     if rows < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    width = model.get_input_embeddings().weight.shape[1]
+    mean = None
     if not meta:
         _mean_init_rows(model, first_new, list(ids.all))
+        mean = model.get_input_embeddings().weight[first_new].detach().clone()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -152,4 +162,4 @@ def build_llm(
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    return LanguageModel(model, ids)
+    return LanguageModel(model, ids, width, mean)

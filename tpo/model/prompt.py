@@ -64,7 +64,9 @@ def build_prompt(
         text = f"<|im_start|>system\n{system_msg}<|im_end|>\n" if system_msg else ""
         first = f"{video}\n" if video else ""
         for q, a in history:
-            text += f"<|im_start|>user\n{first}{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
+            text += (
+                f"<|im_start|>user\n{first}{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
+            )
             first = ""
         return text + f"<|im_start|>user\n{first}{question}<|im_end|>\n<|im_start|>assistant\n"
     raise ValueError(f"unknown prompt template {template!r} (expected 'mistral' or 'chatml')")
@@ -73,9 +75,11 @@ def build_prompt(
 def _as_turn(sample) -> Turn:
     if isinstance(sample, Turn):
         return sample
-    if isinstance(sample, tuple | list) and 1 <= len(sample) <= 3:
+    if isinstance(sample, tuple | list) and 1 <= len(sample) <= 4:
         return Turn(*sample)
-    raise TypeError(f"expected a Turn or (question, answer, history) tuple, got {sample!r}")
+    raise TypeError(
+        f"expected a Turn or (question, answer, history, has_video) tuple, got {sample!r}"
+    )
 
 
 class PromptCollator:

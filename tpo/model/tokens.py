@@ -63,7 +63,9 @@ def mistral_vocab_file() -> Path:
     """The Mistral 7B SentencePiece model (32,000 pieces) shipped inside `mistral_common`."""
     spec = importlib.util.find_spec("mistral_common")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("llm.tokenizer 'mistral-common': package mistral_common not installed")
+        raise FileNotFoundError(
+            "llm.tokenizer 'mistral-common': package mistral_common not installed"
+        )
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     for name in ("tokenizer.model.v1", "tokenizer.model.v2"):
         if (data / name).is_file():
@@ -127,7 +129,9 @@ class TaskTokens(nn.Module):
         super().__init__()
         self.ids = ids
         self.register_buffer("content_ids", torch.tensor(ids.content), persistent=False)
-        start = init.detach().expand(3, width).clone() if init is not None else torch.zeros(3, width)
+        start = (
+            init.detach().expand(3, width).clone() if init is not None else torch.zeros(3, width)
+        )
         self.content = nn.Parameter(start)  # [3, d_llm]: <temp> <boxes> <tracking>
         self.box_encoder = nn.Sequential(
             nn.Linear(4, box_hidden), nn.ReLU(), nn.Linear(box_hidden, width)
@@ -140,9 +144,9 @@ class TaskTokens(nn.Module):
 
     def substitute(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """Replace the embeddings [b, s, d] at content-token positions by the learned vectors."""
-        match = (input_ids.unsqueeze(-1) == self.content_ids).to(self.content.dtype)  # [b, s, 3]
-        rows = (match @ self.content).to(embeds.dtype)  # [b, s, d]
-        return torch.where(match.sum(-1, keepdim=True) > 0, rows, embeds)
+        head = self.head_index(input_ids)  # [b, s]
+        rows = self.content[head.clamp(min=0)].to(embeds.dtype)  # [b, s, d]
+        return torch.where(head.unsqueeze(-1) >= 0, rows, embeds)
 
     def encode_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Normalised xyxy boxes [n, 4] -> <track_box> embeddings [n, d_llm]."""

@@ -1,0 +1,117 @@
+"""Region head: a normalised xyxy box for the asked frame from the `<boxes>` query, + its loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
+
+from tpo.config.heads import RegionHeadConfig
+
+
+@dataclass
+class RegionOutput:
+    """Predictions of the region head for `n` content tokens.
+
+    boxes: `[n, 4]` (x1, y1, x2, y2) normalised to [0, 1] of the frame, x1 <= x2, y1 <= y2.
+    """
+
+    boxes: Tensor
+
+
+def select_frame_patches(patches: Tensor, sample: Tensor, frame: Tensor, p: int) -> Tensor:
+    """Patch features `[n, p, d_v]` of frame `frame[i]` of batch row `sample[i]`.
+
+    patches `[b, f*p, d_v]` (the vision encoder's output), sample `[n]`, frame `[n]` long.
+    """
+    b, fp, d = patches.shape
+    if fp % p:
+        raise ValueError(f"select_frame_patches: {fp} patch tokens not a multiple of p={p}")
+    per_frame = patches.view(b, fp // p, p, d)  # [b, f, p, d_v]
+    return per_frame[sample.long(), frame.long()]
+
+
+class RegionHead(nn.Module):
+    """MLP d_llm -> hidden -> 4; `refine` first cross-attends the query to the frame's patches.
+
+    The 4 outputs pass a sigmoid and each coordinate pair is sorted (x1 = min, x2 = max of the
+    two x outputs, same for y), so boxes are valid and inside the frame without clamping (which
+    would cut gradients at the border).
+    """
+
+    def __init__(self, cfg: RegionHeadConfig, d_llm: int, d_vision: int):
+        super().__init__()
+        self.refine = cfg.refine
+        d_in = d_llm
+        if cfg.refine:
+            self.attn_query = nn.Sequential(nn.LayerNorm(d_llm), nn.Linear(d_llm, cfg.refine_dim))
+            self.attn_key = nn.Sequential(
+                nn.LayerNorm(d_vision), nn.Linear(d_vision, cfg.refine_dim)
+            )
+            self.attn = nn.MultiheadAttention(cfg.refine_dim, cfg.refine_heads, batch_first=True)
+            d_in = d_llm + cfg.refine_dim
+        self.mlp = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 4))
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """All parameters train together as `region_head`."""
+        return {"region_head": list(self.parameters())}
+
+    def forward(self, query: Tensor, patches: Tensor | None = None) -> RegionOutput:
+        """query `[n, d_llm]` (`<boxes>` hidden states); patches `[n, p, d_v]` of the asked frame
+        (required with `refine`, see `select_frame_patches`)."""
+        dtype = self.mlp[0].weight.dtype
+        x = query.to(dtype)
+        if self.refine:
+            if patches is None or patches.shape[0] != query.shape[0]:
+                got = None if patches is None else tuple(patches.shape)
+                raise ValueError(
+                    f"RegionHead(refine=True): patches [n={query.shape[0]}, p, d_v] needed, got {got}"
+                )
+            kv = self.attn_key(patches.to(dtype))  # [n, p, r]
+            attended, _ = self.attn(self.attn_query(x)[:, None], kv, kv, need_weights=False)
+            x = torch.cat([x, attended[:, 0]], dim=-1)  # [n, d_llm + r]
+        raw = self.mlp(x).sigmoid().view(-1, 2, 2)  # [n, (x, y), 2 candidates]
+        lo, hi = raw.min(dim=-1).values, raw.max(dim=-1).values  # [n, 2] each
+        return RegionOutput(torch.cat([lo, hi], dim=-1))  # [n, 4] x1 y1 x2 y2
+
+
+class RegionCriterion(nn.Module):
+    """L1 (mean over coordinates) + GIoU loss (mean over boxes) to the target xyxy box.
+
+    Targets, one dict per `<boxes>` token: `boxes` `[4]` or `[1, 4]` normalised xyxy.
+    """
+
+    def __init__(self, l1: float = 2.0, giou: float = 0.2):
+        super().__init__()
+        self.weight_dict = {k: float(w) for k, w in {"loss_l1": l1, "loss_giou": giou}.items() if w}
+
+    def forward(self, outputs: RegionOutput, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Named unweighted losses `loss_l1`, `loss_giou`."""
+        pred = outputs.boxes.float()
+        if len(targets) != len(pred):
+            raise ValueError(f"RegionCriterion: {len(targets)} targets for {len(pred)} boxes")
+        rows = []
+        for i, tgt in enumerate(targets):
+            box = tgt.get("boxes")
+            if box is None or box.numel() != 4:
+                got = None if box is None else tuple(box.shape)
+                raise ValueError(f"region target {i}: 'boxes' must be one xyxy box [4], got {got}")
+            rows.append(box.reshape(4))
+        gt = torch.stack(rows).to(pred)
+        if (gt[:, 2:] < gt[:, :2]).any() or ((gt < 0) | (gt > 1)).any():
+            raise ValueError(
+                "region targets: boxes must be normalised xyxy with x1 <= x2, y1 <= y2"
+            )
+        losses = {
+            "loss_l1": F.l1_loss(pred, gt),
+            "loss_giou": generalized_box_iou_loss(pred, gt, reduction="mean"),
+        }
+        return {k: v for k, v in losses.items() if k in self.weight_dict}
+
+
+def build_region_criterion(cfg: RegionHeadConfig) -> RegionCriterion:
+    """Region criterion with the config's loss weights."""
+    return RegionCriterion(l1=cfg.l1, giou=cfg.giou)

@@ -1,0 +1,258 @@
+"""The assembled tiny MLLM: gradients by group, LM loss on answers, visual splice, head queries."""
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tpo.config import TPOConfig, load_config
+from tpo.model.build import build_collator, build_mllm
+from tpo.model.llm import build_llm
+from tpo.model.mllm import HEADS, MLLM, position_ids
+from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID, Turn
+from tpo.model.tokens import build_task_tokens, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = load_config(TPOConfig, [ROOT / "configs/tiny/model.yaml"]).model
+TEMP, BOXES, TRACKING, TRACK_BOX = 32002, 32003, 32005, 32006
+TIME_BEGIN, BOX_BEGIN, TRACK_BEGIN = 32001, 32000, 32004
+
+
+@dataclass
+class StandInVisionOutput:
+    patches: torch.Tensor  # [b, f*p, d_v]
+    frames: torch.Tensor  # [b, f, d_v]
+
+
+class StandInVision(nn.Module):
+    """Used only while tpo.model.vision (written in parallel) is absent: patchify + linear."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.width = cfg.width
+        self.num_patches = (cfg.img_size // cfg.patch_size) ** 2
+        self.embed = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size)
+
+    def forward(self, frames: torch.Tensor) -> StandInVisionOutput:
+        b, f = frames.shape[:2]
+        x = self.embed(frames.flatten(0, 1)).flatten(2).transpose(1, 2)  # [b*f, p, d_v]
+        return StandInVisionOutput(
+            x.reshape(b, -1, self.width), x.reshape(b, f, -1, self.width).mean(2)
+        )
+
+    def trainable_groups(self):
+        return {"vision": list(self.parameters())}
+
+
+class StandInConnector(nn.Module):
+    """Used only while tpo.model.connector is absent: learned queries attend to the patches."""
+
+    def __init__(self, cfg, vision_width: int, llm_width: int) -> None:
+        super().__init__()
+        self.num_tokens = cfg.num_query + cfg.extra_query
+        self.queries = nn.Parameter(torch.randn(self.num_tokens, vision_width) * 0.02)
+        self.proj = nn.Linear(vision_width, llm_width)
+
+    def forward(self, patches, patch_mask=None, instruction_ids=None, instruction_mask=None):
+        att = torch.softmax(self.queries @ patches.transpose(1, 2), -1)  # [b, q, f*p]
+        return self.proj(att @ patches)
+
+    def trainable_groups(self):
+        return {
+            "connector": list(self.parameters()),
+            "connector_proj": list(self.proj.parameters()),
+        }
+
+
+def build_tiny(cfg=CFG) -> MLLM:
+    """The tiny MLLM: build_mllm once the vision encoder and connector modules exist."""
+    if all(importlib.util.find_spec(f"tpo.model.{m}") for m in ("vision", "connector")):
+        return build_mllm(cfg)
+    tokenizer = load_tokenizer(cfg.llm)
+    llm = build_llm(cfg.llm, tokenizer)
+    vision = StandInVision(cfg.vision)
+    connector = StandInConnector(cfg.connector, vision.width, llm.width)
+    tokens = build_task_tokens(cfg.tokens, llm.token_ids, llm.width, llm.mean_embedding)
+    return MLLM(vision, connector, llm, tokens, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def built():
+    torch.manual_seed(0)
+    model = build_tiny()
+    defaults = {
+        name: [p.requires_grad for p in ps] for name, ps in model.trainable_groups().items()
+    }
+    return model, defaults
+
+
+@pytest.fixture()
+def model(built):
+    return built[0].eval()
+
+
+@pytest.fixture()
+def collator(model):
+    return build_collator(CFG, model)
+
+
+def frames(b: int, f: int = 2) -> torch.Tensor:
+    size = CFG.vision.img_size
+    return torch.randn(b, f, 3, size, size)
+
+
+def test_groups_and_default_freezing(built):
+    _, defaults = built
+    assert set(defaults) == {"vision", "connector", "connector_proj", "lora", "task_tokens", "llm"}
+    assert not any(defaults["llm"])  # base LLM frozen when LoRA is on
+    assert all(defaults["lora"]) and all(defaults["task_tokens"]) and all(defaults["connector"])
+
+
+def test_backward_under_bf16_autocast_reaches_only_trained_groups(model, collator):
+    model.train()
+    model.set_trainable(["connector", "lora", "task_tokens"])
+    groups = model.trainable_groups()
+    with torch.no_grad():  # LoRA B starts at zero, which would hide the gradient of A
+        for p in groups["lora"]:
+            if not p.any():
+                p.normal_(std=0.02)
+    batch = collator(
+        [
+            ("When does the red square appear?", "At <time_begin><temp>."),
+            ("Track the object in <track_box>.", "Here <track_begin><tracking>."),
+        ]
+    )
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.6]])
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(frames(2), batch.input_ids, batch.attention_mask, batch.labels, boxes=boxes)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+    def nonzero(p):
+        return p.grad is not None and bool(p.grad.abs().sum() > 0)
+
+    assert all(nonzero(p) for p in groups["lora"])
+    assert all(nonzero(p) for p in groups["connector_proj"])
+    assert sum(nonzero(p) for p in groups["connector"]) > len(groups["connector_proj"])
+    for p in groups["vision"] + groups["llm"]:
+        assert p.grad is None
+    tt = model.task_tokens
+    # content vectors: rows of <temp> and <tracking> are used, <boxes> is not
+    assert (tt.content.grad.abs().sum(-1) > 0).tolist() == [True, False, True]
+    assert all(nonzero(p) for p in tt.box_encoder.parameters())
+    # new vocabulary rows: only the begin tokens present are read from the table
+    # (content tokens and <track_box> are substituted), in TASK_TOKENS order
+    (delta,) = model.llm.trainable_groups()["task_tokens"]
+    assert (delta.grad.abs().sum(-1) > 0).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
+    model.zero_grad(set_to_none=True)
+
+
+def test_loss_is_cross_entropy_over_answer_tokens_only(model, collator):
+    answers = ["It is red.", "Yes <box_begin><boxes>."]
+    batch = collator([("What colour?", answers[0]), ("Is there a box in the frame?", answers[1])])
+    out = model(frames(2), batch.input_ids, batch.attention_mask, batch.labels, return_logits=True)
+    logits, labels = out.logits[:, :-1].float(), batch.labels[:, 1:]
+    kept = labels != IGNORE_INDEX
+    tok = model.tokenizer
+    counts = [len(tok(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]  # + eos
+    assert kept.sum(1).tolist() == counts
+    assert torch.allclose(out.loss, F.cross_entropy(logits[kept], labels[kept]), atol=1e-5)
+
+
+def test_visual_tokens_spliced_like_a_python_loop(model, collator):
+    turns = [
+        Turn("Short?"),
+        Turn("A much longer question about the moving blue circle?"),
+        Turn("No video here?", has_video=False),
+    ]
+    batch = collator.prompts(turns)  # left padding, rows of different length
+    ids = batch.input_ids
+    q = model.num_visual_tokens
+    visual = torch.randn(3, q, model.llm.width)
+    got = model.embed_inputs(ids, visual)
+    table = model.llm.input_embeddings()
+    for i in range(3):
+        k = 0
+        for j in range(ids.shape[1]):
+            if ids[i, j] == VISUAL_TOKEN_ID:
+                expected = visual[i, k]
+                k += 1
+            else:
+                expected = table(ids[i, j].view(1, 1))[0, 0]
+            assert torch.equal(got[i, j], expected), (i, j)
+        assert k == (q if turns[i].has_video else 0)
+
+
+def test_content_and_track_box_embeddings(model, collator):
+    batch = collator([("Follow <track_box> now.", "Sure <track_begin><tracking>.")])
+    box = torch.tensor([[0.25, 0.25, 0.75, 0.5]])
+    emb = model.embed_inputs(
+        batch.input_ids, torch.zeros(1, model.num_visual_tokens, model.llm.width), box
+    )
+    ids = batch.input_ids[0]
+    assert torch.equal(emb[0, ids == TRACKING][0], model.task_tokens.content[2])
+    assert torch.allclose(emb[0, ids == TRACK_BOX][0], model.task_tokens.encode_boxes(box)[0])
+    with pytest.raises(ValueError, match="track_box"):
+        model.embed_inputs(
+            batch.input_ids, torch.zeros(1, model.num_visual_tokens, model.llm.width)
+        )
+    with pytest.raises(ValueError, match="visual positions"):
+        model.embed_inputs(batch.input_ids, torch.zeros(1, 3, model.llm.width), box)
+
+
+def test_head_queries_are_hidden_states_at_content_tokens(model, collator):
+    batch = collator(
+        [
+            ("Q one?", "At <time_begin><temp> in <box_begin><boxes>."),
+            ("Q two is longer than one?", "Mask <track_begin><tracking>."),
+        ]
+    )
+    fr = frames(2)
+    ids, mask = batch.input_ids, batch.attention_mask
+    out = model(fr, ids, mask, batch.labels)
+    assert out.task_head.tolist() == [0, 1, 2] and out.task_sample.tolist() == [0, 0, 1]
+    _, visual = model.encode_visual(fr)
+    hidden = model.llm(
+        inputs_embeds=model.embed_inputs(ids, visual),
+        attention_mask=mask,
+        position_ids=position_ids(mask),
+        output_hidden_states=True,
+    ).hidden_states[-1]
+    where = [
+        (i, j)
+        for i in range(2)
+        for j in range(ids.shape[1])
+        if ids[i, j] in (TEMP, BOXES, TRACKING)
+    ]
+    expected = torch.stack([hidden[i, j] for i, j in where])
+    assert torch.allclose(out.task_hidden, expected, atol=1e-6)
+    per = out.per_sample(2)
+    assert per[0][1].tolist() == [0, 1] and per[1][1].tolist() == [2]
+    region, sample = out.for_head("region")
+    assert sample.tolist() == [0] and torch.equal(region[0], out.task_hidden[1])
+    assert HEADS[out.task_head[2]] == "mask"
+
+
+def test_image_input_and_text_only(model, collator):
+    batch = collator([("What is shown?", "A red square.")])
+    out = model(frames(1, f=1), batch.input_ids, batch.attention_mask, batch.labels)
+    assert out.vision.frames.shape[:2] == (1, 1) and torch.isfinite(out.loss)
+    assert out.task_hidden.shape == (0, model.llm.width)
+    text = collator([Turn("Say hi.", "Hi.", has_video=False)])
+    out = model(None, text.input_ids, text.attention_mask, text.labels)
+    assert out.vision is None and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="no frames"):
+        model(None, batch.input_ids, batch.attention_mask)

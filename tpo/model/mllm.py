@@ -1,0 +1,209 @@
+"""The assembled MLLM (vision encoder + connector + LLM with task tokens); heads live elsewhere.
+
+The content tokens' last-layer hidden states are the head queries: `MLLMOutput.task_hidden`
+holds them for every `<temp>/<boxes>/<tracking>` in the batch, with the head and the sample
+each one belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from tpo.model.llm import LanguageModel
+from tpo.model.prompt import VISUAL_TOKEN_ID
+from tpo.model.tokens import HEADS, TaskTokens
+
+if TYPE_CHECKING:
+    from tpo.model.vision import VisionOutput
+
+__all__ = ["HEADS", "MLLM", "MLLMOutput", "TaskQueries", "position_ids"]
+
+
+class TaskQueries:
+    """Mixin for outputs holding head queries: task_hidden [n, d], task_head [n], task_sample [n]."""
+
+    task_hidden: torch.Tensor
+    task_head: torch.Tensor
+    task_sample: torch.Tensor
+
+    def per_sample(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each sample i: (hidden [k_i, d], head [k_i]) in sequence order."""
+        return [
+            (self.task_hidden[self.task_sample == i], self.task_head[self.task_sample == i])
+            for i in range(batch_size)
+        ]
+
+    def for_head(self, head: str | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries of one head (name in HEADS or index): (hidden [m, d], sample [m])."""
+        index = HEADS.index(head) if isinstance(head, str) else head
+        sel = self.task_head == index
+        return self.task_hidden[sel], self.task_sample[sel]
+
+
+@dataclass
+class MLLMOutput(TaskQueries):
+    """Training forward output.
+
+    loss: LM loss over answer tokens (labels != -100), or None without labels.
+    logits: [b, s, V] when asked for (return_logits=True), else None.
+    vision: the encoder output (patches [b, f*p, d_v], frames [b, f, d_v]) or None (no frames).
+    task_hidden: [n, d_llm] last-layer hidden state at each content token, batch-major and in
+        sequence order within a sample; task_head: [n] long (index into HEADS);
+    task_sample: [n] long batch row of each.
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    vision: VisionOutput | None
+    task_hidden: torch.Tensor
+    task_head: torch.Tensor
+    task_sample: torch.Tensor
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[b, s] positions counting only attended tokens (as HF generate does for left padding)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+class MLLM(nn.Module):
+    """Vision encoder -> connector -> visual tokens spliced into the LLM's prompt embeddings."""
+
+    def __init__(
+        self,
+        vision: nn.Module,
+        connector: nn.Module,
+        llm: LanguageModel,
+        task_tokens: TaskTokens,
+        tokenizer,
+    ) -> None:
+        super().__init__()
+        self.vision = vision
+        self.connector = connector
+        self.llm = llm
+        self.task_tokens = task_tokens
+        self.tokenizer = tokenizer
+        self._embed_hook = task_tokens.attach(llm.input_embeddings())
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Visual tokens per video in the prompt (96 at full size)."""
+        return self.connector.num_tokens
+
+    def encode_visual(
+        self,
+        frames: torch.Tensor,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> tuple[VisionOutput, torch.Tensor]:
+        """frames [b, f, 3, H, W] -> (vision output, visual tokens [b, q, d_llm])."""
+        vision_out = self.vision(frames)
+        visual = self.connector(
+            vision_out.patches, instruction_ids=instruction_ids, instruction_mask=instruction_mask
+        )
+        return vision_out, visual
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        visual: torch.Tensor | None = None,
+        boxes: torch.Tensor | list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Prompt embeddings [b, s, d_llm]: token embeddings (content tokens learned), visual
+        tokens [b, q, d_llm] at VISUAL_TOKEN_ID positions, box embeddings at <track_box>.
+
+        A row holds either no visual positions or exactly q; `boxes` are normalised xyxy [n, 4]
+        (or a per-sample list), one per <track_box> in batch-major sequence order.
+        """
+        vis_mask = input_ids == VISUAL_TOKEN_ID  # [b, s]
+        embeds = self.llm.embed(input_ids.masked_fill(vis_mask, 0))
+        counts = vis_mask.sum(1)
+        if visual is not None or bool(counts.any()):
+            if visual is None:
+                raise ValueError("input_ids hold visual positions but no frames were given")
+            q = visual.shape[1]
+            if not bool(((counts == 0) | (counts == q)).all()):
+                raise ValueError(f"each row needs 0 or {q} visual positions, got {counts.tolist()}")
+            # rows are filled in order, so rows without video simply take no visual tokens
+            src = visual[counts > 0].to(embeds.dtype)
+            embeds = embeds.masked_scatter(vis_mask.unsqueeze(-1), src)
+        box_mask = input_ids == self.task_tokens.ids.track_box
+        n_box = int(box_mask.sum())
+        if n_box or boxes is not None:
+            if isinstance(boxes, list | tuple):
+                boxes = torch.cat([torch.as_tensor(b).reshape(-1, 4) for b in boxes])
+            if boxes is None or boxes.shape != (n_box, 4):
+                got = None if boxes is None else tuple(boxes.shape)
+                raise ValueError(f"{n_box} <track_box> tokens need boxes [{n_box}, 4], got {got}")
+            box_embeds = self.task_tokens.encode_boxes(boxes.to(embeds.device)).to(embeds.dtype)
+            embeds = embeds.masked_scatter(box_mask.unsqueeze(-1), box_embeds)
+        return embeds
+
+    def forward(
+        self,
+        frames: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | list[torch.Tensor] | None = None,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+        return_logits: bool = False,
+    ) -> MLLMOutput:
+        """frames [b, f, 3, H, W] (f=1: images; None: text only), input_ids/attention_mask/labels
+        [b, s] from PromptCollator -> MLLMOutput."""
+        vision_out, visual = None, None
+        if frames is not None:
+            vision_out, visual = self.encode_visual(frames, instruction_ids, instruction_mask)
+        embeds = self.embed_inputs(input_ids, visual, boxes)
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            labels=labels,
+            output_hidden_states=True,
+            use_cache=False,
+            logits_to_keep=0 if (labels is not None or return_logits) else 1,
+        )
+        hidden = out.hidden_states[-1]  # [b, s, d_llm]
+        heads = self.task_tokens.head_index(input_ids).masked_fill(attention_mask == 0, -1)
+        sel = heads >= 0
+        return MLLMOutput(
+            loss=out.loss if labels is not None else None,
+            logits=out.logits if return_logits else None,
+            vision=vision_out,
+            task_hidden=hidden[sel],
+            task_head=heads[sel],
+            task_sample=sel.nonzero()[:, 0],
+        )
+
+    def generate(self, frames: torch.Tensor | None, input_ids, attention_mask, **kwargs):
+        """Greedy (by default) generation with head-query capture; see tpo.model.generate."""
+        from tpo.model.generate import generate
+
+        return generate(self, frames, input_ids, attention_mask, **kwargs)
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """vision, connector, connector_proj, lora, task_tokens, llm (base LLM, normally frozen)."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for part in (self.vision, self.connector, self.llm, self.task_tokens):
+            for name, params in part.trainable_groups().items():
+                groups.setdefault(name, []).extend(params)
+        return {name: list({id(p): p for p in ps}.values()) for name, ps in groups.items()}
+
+    def set_trainable(self, groups: Iterable[str]) -> None:
+        """Freeze every parameter, then unfreeze those of the named groups."""
+        available = self.trainable_groups()
+        unknown = sorted(set(groups) - set(available))
+        if unknown:
+            raise ValueError(f"unknown trainable groups {unknown}; known: {sorted(available)}")
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for name in groups:
+            for p in available[name]:
+                p.requires_grad_(True)

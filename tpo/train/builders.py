@@ -1,0 +1,144 @@
+"""Builders the engine is given for real runs: the TPO model and the manifest's data stream."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from tpo.config.schema import TPOConfig
+from tpo.data.dataset import Sample, VideoTaskDataset, sample_weights
+from tpo.model.prompt import PromptCollator, Turn
+from tpo.model.tpo_model import TPOModel, TrainBatch
+from tpo.stages.base import Stage
+from tpo.train.distributed import DistInfo
+
+log = logging.getLogger(__name__)
+
+MASK_FRAMES = 2  # annotated frames per mask sample that the mask loss is computed on
+
+
+def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOModel:
+    """MLLM + heads + criterion for `stage`; the random init is seeded by `model.init_seed`."""
+    from tpo.heads.build import build_criterion, build_heads
+    from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
+    from tpo.model.build import build_mllm
+
+    torch.manual_seed(cfg.model.init_seed)
+    mllm = build_mllm(cfg.model)
+    heads = build_heads(cfg.model.heads, mllm.llm.width, mllm.vision.width)
+    criterion = build_criterion(cfg.model.heads)
+    criterion.lm_weight = stage.lm_weight
+    features = None
+    if "temporal" in heads:
+        tcfg = cfg.model.heads.temporal
+        img = cfg.model.vision.img_size
+        features = FrameFeatureCache(
+            vision_frame_encoder(mllm.vision), _frame_reader(img), tcfg.feat_fps, tcfg.max_feats
+        )
+    return TPOModel(mllm, heads, criterion, temporal_features=features,
+                    lm_weight=stage.lm_weight, head_losses=stage.head_losses)
+
+
+def _frame_reader(img_size: int):
+    from tpo.data.video import load_video, open_source
+
+    def read(video: str, times: torch.Tensor) -> torch.Tensor:
+        src = open_source(video)
+        idx = np.clip(np.round(times.numpy() * src.fps).astype(np.int64), 0, src.num_total - 1)
+        return load_video(src, img_size=img_size, indices=idx).frames
+
+    return read
+
+
+class TrainData:
+    """Weighted, deterministic stream of micro-batches: batch k of rank r depends on (seed, k, r).
+
+    Datasets are mixed by manifest weight (with replacement); bad samples are skipped and
+    counted in `bad_samples` (reason -> count).
+    """
+
+    def __init__(self, dataset: VideoTaskDataset, weights: torch.Tensor, collator: PromptCollator,
+                 micro_batch: int, seed: int, dist: DistInfo) -> None:
+        self.dataset, self.weights, self.collator = dataset, weights, collator
+        self.micro_batch, self.seed, self.dist = micro_batch, seed, dist
+
+    @property
+    def bad_samples(self) -> Counter:
+        """Bad samples skipped so far (by reason)."""
+        return self.dataset.bad_samples
+
+    def iterate(self, start: int) -> Iterator[TrainBatch]:
+        """Micro-batches from position `start` on."""
+        k = start
+        while True:
+            gen = torch.Generator().manual_seed(
+                (self.seed * 1_000_003 + k) * max(1, self.dist.world_size) + self.dist.rank
+            )
+            idx = torch.multinomial(self.weights, self.micro_batch, replacement=True, generator=gen)
+            self.dataset.set_epoch(k)
+            yield collate([self.dataset[int(i)] for i in idx], self.collator)
+            k += 1
+
+
+def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
+    """Samples -> TrainBatch: prompt tokens, frames and per-head targets."""
+    text = collator([Turn(s.record.question, s.record.answer, s.record.history) for s in samples])
+    targets, mask_frames, box_frames = [], [], []
+    for s in samples:
+        t: dict = {}
+        if s.spans is not None:
+            t["temporal"] = {"spans": s.spans}
+            if s.saliency is not None:
+                t["temporal"]["saliency"] = s.saliency
+        if s.box is not None:
+            t["region"] = {"boxes": s.box}
+        frames = None
+        if s.masks is not None and s.mask_valid is not None and bool(s.mask_valid.any()):
+            pick = s.mask_valid.nonzero()[:, 0]
+            pick = pick[torch.linspace(0, len(pick) - 1, min(MASK_FRAMES, len(pick))).round().long()]
+            from tpo.data.video import open_source
+
+            frames = open_source(s.record.video).read(s.indices[pick.numpy()])
+            t["mask"] = {"masks": s.masks[pick]}
+        targets.append(t)
+        mask_frames.append(frames)
+        box_frames.append(-1 if s.box_frame is None else s.box_frame)
+    return TrainBatch(
+        frames=torch.stack([s.frames for s in samples]),
+        input_ids=text.input_ids,
+        attention_mask=text.attention_mask,
+        labels=text.labels,
+        targets=targets,
+        videos=[s.record.video for s in samples],
+        durations=[s.duration for s in samples],
+        clip_starts=[s.clip_start for s in samples],
+        box_frames=torch.tensor(box_frames),
+        mask_frames=mask_frames,
+    )
+
+
+def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
+    """Records of the config's manifest -> dataset -> weighted micro-batch stream."""
+    from tpo.data.manifest import load_manifest, load_records
+    from tpo.model.tokens import load_tokenizer
+
+    manifest = load_manifest(cfg.data.manifest)
+    records, report = load_records(manifest, strict=False)
+    if not records:
+        raise ValueError(f"{cfg.data.manifest}: no usable records ({report.summary()})")
+    dataset = VideoTaskDataset(
+        records, num_frames=cfg.data.num_frames, img_size=cfg.model.vision.img_size,
+        sampling=cfg.data.train_sampling, seed=cfg.train.seed, strict=False,
+    )
+    dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})
+    tokenizer = load_tokenizer(cfg.model.llm)
+    c = cfg.model.connector
+    collator = PromptCollator(tokenizer, num_visual_tokens=c.num_query + c.extra_query,
+                              max_len=cfg.model.llm.max_text_len, template=cfg.model.llm.template,
+                              system_msg=cfg.model.llm.system_msg)
+    weights = sample_weights(records, manifest.weights())
+    return TrainData(dataset, weights, collator, cfg.train.micro_batch, cfg.train.seed, dist)

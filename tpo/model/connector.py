@@ -113,7 +113,9 @@ _LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
 def _qformer_targets(bert_key: str) -> list[str]:
     """BERT parameter name -> Q-Former names it initialises (BLIP-2 recipe); [] if none."""
     name = bert_key.removeprefix("bert.")
-    name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+        "LayerNorm.beta", "LayerNorm.bias"
+    )
     if name.startswith(("embeddings.word_embeddings.", "embeddings.position_embeddings.")):
         return [name]
     if name.startswith("embeddings.LayerNorm."):

@@ -108,7 +108,9 @@ class VisionEncoder(nn.Module):
         self.width = cfg.width
         self.grid = cfg.img_size // cfg.patch_size
         self.num_patches = self.grid**2
-        n_blocks = cfg.return_index + 1 if cfg.return_index >= 0 else cfg.depth + cfg.return_index + 1
+        n_blocks = (
+            cfg.return_index + 1 if cfg.return_index >= 0 else cfg.depth + cfg.return_index + 1
+        )
         # stochastic-depth rates rise linearly over the full depth (official rule)
         drop_path = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.patch_embed = PatchEmbed3D(cfg.patch_size, cfg.tubelet, cfg.width)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tpo.config import ConfigError
 from tpo.data.manifest import DatasetEntry, Manifest, load_manifest, load_records
@@ -38,9 +39,43 @@ def test_the_paper_mixtures_are_all_there():
     assert heads < names["stage1_task_assignment"]
     toy_tasks = {p.stem: {d.task for d in load_manifest(p).datasets} for p in MANIFESTS}
     assert toy_tasks["toyworld_stage2"] == {"temporal", "region", "mask"}
-    assert toy_tasks["toyworld_stage1"] == toy_tasks["toyworld_stage3"] == {
-        "temporal", "region", "mask", "conversation",
-    }  # fmt: skip
+    for stage in ("toyworld_stage1", "toyworld_stage3"):
+        assert {"temporal", "region", "mask", "conversation"} <= toy_tasks[stage]
+
+
+def test_toy_manifests_read_a_generated_toy_world(tmp_path):
+    """The toy manifests' paths fit the toy world's layout; every record loads strictly and
+    its targets line up with the rendered pixels (mask and box cover the coloured shape)."""
+    from tpo.data.dataset import VideoTaskDataset
+    from tpo.data.toyworld import generate_toyworld
+    from tpo.data.video import IMAGENET_MEAN, IMAGENET_STD
+
+    generate_toyworld(tmp_path, num_videos=2, workers=1, test_fraction=0.0)
+    for path in MANIFESTS:
+        if path.stem.startswith("toyworld"):
+            records, report = load_records(load_manifest(path), strict=True, data_root=tmp_path)
+            assert records and not report.skipped
+            assert {d.name for d in load_manifest(path).datasets} == {r.dataset for r in records}
+    records, _ = load_records(load_manifest(ROOT / "data_manifests/toyworld_stage2.yaml"),
+                              strict=True, data_root=tmp_path)  # fmt: skip
+    ds = VideoTaskDataset(records, num_frames=4, img_size=128, sampling="middle", strict=True)
+    first = {task: next(i for i, r in enumerate(records) if r.task == task)
+             for task in ("temporal", "region", "mask")}  # fmt: skip
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    temporal = ds[first["temporal"]]
+    assert ((temporal.spans >= 0) & (temporal.spans <= 1)).all() and temporal.saliency.max() > 0
+    region = ds[first["region"]]
+    pixels = (region.frames[region.box_frame] * std + mean) * 255  # 128 px: no resize
+    x1, y1, x2, y2 = (region.box * 128).round().int().tolist()
+    inside = pixels[:, y1:y2, x1:x2].mean(dim=(1, 2))
+    assert (inside - pixels.mean(dim=(1, 2))).abs().max() > 20  # the box holds the coloured shape
+    mask = ds[first["mask"]]
+    k = int(mask.masks.flatten(1).sum(1).argmax())
+    frame = (mask.frames[k] * std + mean) * 255
+    on, off = frame[:, mask.masks[k]], frame[:, ~mask.masks[k]]
+    assert mask.masks[k].any() and (on.mean(1) - off.mean(1)).abs().max() > 40
+    assert on.std(1).max() < 25  # the mask covers one flat colour
 
 
 def write_manifest(tmp_path, datasets, name="m"):

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from tpo.data.loaders import load_annotation
 from tpo.data.templates import MASK_ANSWER, REGION_ANSWER, TEMPORAL_ANSWER
-from tpo.data.toyworld import generate_toyworld, summarize
+from tpo.data.toyworld import TASK_ANSWERS, TASK_PAIRS, generate_toyworld, summarize
 from tpo.data.toyworld_render import COLOURS, DIRECTIONS, RGB, SHAPES, render_video
 
 N_VIDEOS = 5
@@ -56,9 +56,13 @@ def test_render_state(rendered):
         names = [(o.shape, o.colour) for o in video.objects]
         assert len(set(names)) == len(names) and set(names) <= pairs
         union = np.zeros(video.frames.shape[:3], dtype=int)
+        starts = sorted(o.t0 for o in video.objects)
+        assert all(b - a >= 16 for a, b in zip(starts, starts[1:]))  # appear >= 2 s apart
+        assert len({o.direction for o in video.objects}) == len(video.objects)
         for obj in video.objects:
-            assert obj.t1 - obj.t0 >= 24 and 0 <= obj.t0 and obj.t1 <= video.n_frames
-            assert 20 <= obj.side <= 32
+            # >= 3 s long, >= 2 s from both ends of the video
+            assert obj.t1 - obj.t0 >= 24 and 16 <= obj.t0 and obj.t1 <= video.n_frames - 16
+            assert 18 <= obj.side <= 30
             present = obj.areas > 0
             assert present[obj.t0 : obj.t1].all() and present.sum() == obj.t1 - obj.t0
             b = obj.boxes[present]
@@ -115,6 +119,12 @@ def test_every_file_loads_strictly(world):
     assert len(n["nextgqa_test"]) == 2 * len(n["qvh_test.jsonl"])  # two questions per object
     meta = json.loads((world / "toyworld.json").read_text())
     assert meta["splits"]["train"]["videos"] == N_VIDEOS - 1 and meta["seed"] == 0
+    chance = meta["chance"]
+    assert chance["mvbench_test"]["random"] == 0.25 and chance["nextgqa_test"]["random"] == 0.2
+    assert chance["mvbench_test"]["items"] == len(n["mvbench_test.json"])
+    # each question text of the test split is asked once (one video): a blind guess of the
+    # most frequent answer is then always right
+    assert chance["mvbench_test"]["blind_majority"] == 1.0
 
 
 def test_same_seed_same_bytes_other_seed_differs_workers_do_not_matter(world, tmp_path):
@@ -166,8 +176,14 @@ def test_rles_are_the_visible_masks(world, rendered):
     for vid, entry in meta.items():
         video = rendered[int(vid[4:])]
         assert entry["frames"] == [f"{i:05d}" for i in range(video.n_frames)]
+        tracks = {}
         for exp in entry["expressions"].values():
             obj = video.objects[exp["obj_id"][0]]
+            # every expression names its object alone: by colour and shape, or by motion
+            named = [o for o in video.objects if o.name in exp["exp"]]
+            moving = [o for o in video.objects if exp["exp"].endswith(f"moving {o.direction}")]
+            assert named in ([obj], []) and moving in ([obj], []) and (named or moving)
+            tracks.setdefault(exp["anno_id"][0], set()).add(exp["exp"])
             rles = masks[exp["anno_id"][0]]
             assert len(rles) == video.n_frames
             for f, rle in enumerate(rles):
@@ -179,6 +195,8 @@ def test_rles_are_the_visible_masks(world, rendered):
             if rles[f] is not None:
                 assert np.array_equal(mask_utils.decode(rles[f]).astype(bool), obj.masks[f])
                 checked += 1
+        # one mask track per object, referred to by three expressions
+        assert all(len(exps) == 3 for exps in tracks.values())
     assert checked > 0
 
 
@@ -192,10 +210,11 @@ def test_windows_and_saliency(world, rendered):
         (obj,) = [o for o in video.objects if q["query"] == f"{o.name} moves {o.direction}"]
         (s, e) = q["relevant_windows"][0]
         assert (s, e) == (obj.t0 / 8.0, obj.t1 / 8.0) and e - s >= 3 and e <= q["duration"]
-        assert cline == f"{q['vid']} {s:.1f} {e:.1f}##{q['query']}"
+        assert cline == f"{q['vid']} {s:.1f} {e:.1f}##{q['query']}."
         assert q["duration"] == round(video.duration, 2)
         ids = q["relevant_clip_ids"]
-        assert ids == [i for i in range(int(q["duration"] / 2)) if 2 * i < e and 2 * i + 2 > s]
+        n_clips = int(np.ceil(q["duration"] / 2))  # the last clip may be cut short
+        assert ids == [i for i in range(n_clips) if 2 * i < e and 2 * i + 2 > s]
         assert len(q["saliency_scores"]) == len(ids)
         for row in q["saliency_scores"]:
             assert len(row) == 3 and all(isinstance(v, int) and 0 <= v <= 4 for v in row)
@@ -245,6 +264,12 @@ def test_multiple_choice_answers_follow_the_rendering(world, rendered):
 
 
 def test_conversation_task_calls_hold_exactly_one_pair(world):
+    assert tuple(TASK_PAIRS[t] for t in ("temporal", "region", "mask")) == PAIRS
+    assert TASK_ANSWERS == {
+        "temporal": "It happens at <time_begin><temp>.",
+        "region": "It is here: <box_begin><boxes>.",
+        "mask": "Tracking it: <track_begin><tracking>.",
+    }
     convs = json.loads(ann(world, "conversation_train.json").read_text())
     answers = Counter()
     for conv in convs:

@@ -63,15 +63,30 @@ class RegionHeadConfig:
 class MaskHeadConfig:
     """SAM2 mask head prompted by the <tracking> query."""
 
-    sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"  # a config name inside sam2
     checkpoint: str | None = None  # local SAM2 checkpoint; None: random weights
     image_size: int = 1024
     prompt_tokens: int = 3  # sparse prompt [b, prompt_tokens, 256], like a box prompt
-    dense_prompt: bool = False
+    prompt_hidden: int | None = None  # hidden width of the prompt MLP (None: d_llm, official)
+    dense_prompt: bool = False  # also a dense prompt from the query (a per-channel bias)
     train_decoder: bool = True
+    cache_frames: int = 64  # image-encoder features kept per (video, frame) in an LRU cache
     bce: float = 2.0
     dice: float = 0.5
     box_embed_l1: float = 0.0  # the official L1 to SAM2's prompt embedding of the GT box
+
+    def __post_init__(self) -> None:
+        if self.image_size < 64 or self.image_size % 32:
+            raise ValueError(f"mask.image_size must be a multiple of 32 >= 64, got {self.image_size}")
+        if self.prompt_tokens < 1 or self.cache_frames < 0:
+            raise ValueError("mask.prompt_tokens must be >= 1 and mask.cache_frames >= 0")
+        if self.box_embed_l1 and self.prompt_tokens != 3:
+            raise ValueError(
+                "mask.box_embed_l1 compares the prompt with SAM2's 3-token box embedding: "
+                f"it needs prompt_tokens 3, got {self.prompt_tokens}"
+            )
+        if min(self.bce, self.dice, self.box_embed_l1) < 0:
+            raise ValueError("mask loss weights (bce, dice, box_embed_l1) must be >= 0")
 
 
 @dataclass

@@ -84,9 +84,18 @@ class TrainData:
             k += 1
 
 
+def question_text(record) -> str:
+    """The user turn of a record: multiple-choice questions list their lettered options."""
+    if record.task == "mc" and record.options:
+        from tpo.data.templates import mc_prompt
+
+        return mc_prompt(record.question, record.options)
+    return record.question
+
+
 def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
     """Samples -> TrainBatch: prompt tokens, frames and per-head targets."""
-    text = collator([Turn(s.record.question, s.record.answer, s.record.history) for s in samples])
+    text = collator([Turn(question_text(s.record), s.record.answer, s.record.history) for s in samples])
     targets, mask_frames, box_frames = [], [], []
     for s in samples:
         t: dict = {}
@@ -98,12 +107,8 @@ def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
             t["region"] = {"boxes": s.box}
         frames = None
         if s.masks is not None and s.mask_valid is not None and bool(s.mask_valid.any()):
-            pick = s.mask_valid.nonzero()[:, 0]
-            pick = pick[torch.linspace(0, len(pick) - 1, min(MASK_FRAMES, len(pick))).round().long()]
-            from tpo.data.video import open_source
-
-            frames = open_source(s.record.video).read(s.indices[pick.numpy()])
-            t["mask"] = {"masks": s.masks[pick]}
+            frames, masks = collate_mask_frames(s)
+            t["mask"] = {"masks": masks}
         targets.append(t)
         mask_frames.append(frames)
         box_frames.append(-1 if s.box_frame is None else s.box_frame)
@@ -142,3 +147,14 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
                               system_msg=cfg.model.llm.system_msg)
     weights = sample_weights(records, manifest.weights())
     return TrainData(dataset, weights, collator, cfg.train.micro_batch, cfg.train.seed, dist)
+
+
+def collate_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """The annotated sampled frames of a mask sample (at most MASK_FRAMES): uint8 frames
+    `[k, 3, H0, W0]` read at the video's resolution and their GT masks bool `[k, H0, W0]`."""
+    from tpo.data.video import open_source
+
+    pick = sample.mask_valid.nonzero()[:, 0]
+    pick = pick[torch.linspace(0, len(pick) - 1, min(MASK_FRAMES, len(pick))).round().long()]
+    frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
+    return frames, sample.masks[pick]

@@ -44,7 +44,8 @@ def base_fingerprint(model: nn.Module, exclude: dict[str, torch.Tensor]) -> floa
     total = 0.0
     for name, p in model.named_parameters():
         if name not in exclude and p.device.type != "meta":
-            flat = p.detach().reshape(-1)[:4096].double()
+            # rounded to bf16 first, so a bf16 run and an fp32 rebuild agree
+            flat = p.detach().reshape(-1)[:4096].to(torch.bfloat16).double()
             total += float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum())
     return total
 
@@ -91,7 +92,7 @@ def load_trained_weights(model: nn.Module, ckpt: str | Path, *, check_base: bool
     if check_base and state.get("base_fingerprint") is not None:
         now = base_fingerprint(model, tensors)
         then = state["base_fingerprint"]
-        if abs(now - then) > 1e-3 * max(1.0, abs(then)):
+        if abs(now - then) > 1e-6 * max(1.0, abs(then)):
             raise ValueError(
                 f"{ckpt}: the model's base parameters differ from those this checkpoint was "
                 f"trained on (fingerprint {now:.6g} != {then:.6g}); check model.* in config.yaml "

@@ -88,6 +88,10 @@ class StageRunner:
             self.inherited = [
                 g for g in state["trained_groups"] if g not in stage.groups(cfg.train.extra_groups)
             ]
+        if cfg.train.bf16:
+            # DeepSpeed's bf16 mode casts parameters only; buffers used in matmuls (e.g. timm's
+            # zero k-bias) must match, so the whole module goes to bf16 first.
+            self.model.to(torch.bfloat16)
         chosen = select_trainable(self.model, stage.groups(cfg.train.extra_groups))
         self.groups = list(chosen)
         n_train = count([p for ps in chosen.values() for p in ps])

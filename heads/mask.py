@@ -1,0 +1,181 @@
+"""Mask head: the `<tracking>` query prompts SAM2; masks on sampled frames (training) or
+propagated over the whole video (inference).
+
+Training simplification: each sampled frame is decoded independently by SAM2's mask decoder
+with the same prompt (image mode, no memory attention), so the loss and its gradients reach the
+prompt MLP and decoder in one cheap pass. At inference the prompt seeds SAM2's video predictor on
+one frame and its memory-based propagation carries the mask through the video, as the official
+release does; the memory modules are never trained here.
+
+Importing this module builds nothing and does not import sam2 (that happens in `build_*`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tpo.config.heads import MaskHeadConfig
+from tpo.heads.mask_criterion import MaskCriterion, build_mask_criterion
+from tpo.heads.sam2_backend import PROMPT_DIM, SAM2Backend, build_sam2_model, frame_key
+from tpo.heads.tracking import TrackResult, boxes_from_masks, track_from_box
+
+__all__ = ["MaskCriterion", "MaskHead", "MaskOutput", "build_mask_criterion", "build_mask_head"]
+
+
+@dataclass
+class MaskOutput:
+    """Predictions of the mask head for `n` `<tracking>` tokens.
+
+    logits: per token `[k_i, h, w]` mask logits on its `k_i` frames at SAM's low resolution
+        (h = w = image_size / 4); the criterion upsamples them to the ground truth's size.
+    sparse: `[n, t, 256]` the sparse prompts (t = prompt_tokens).
+    embed_box: normalised xyxy boxes `[m, 4]` -> SAM2's box prompt embedding `[m, 3, 256]`
+        (the frozen prompt encoder), for the optional box-embedding L1.
+    """
+
+    logits: list[Tensor]
+    sparse: Tensor
+    embed_box: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+
+class MaskHead(nn.Module):
+    """`<tracking>` query `[n, d_llm]` -> SAM2 prompt -> masks.
+
+    Sparse prompt: MLP d_llm -> hidden -> t*256 reshaped `[n, t, 256]` (official: t = 3, like a
+    box prompt's 2 corners + pad). Dense prompt (`dense_prompt`): a linear map of the query to
+    256 channels added, constant over space, to SAM2's no-mask embedding `[n, 256, h, w]`;
+    zero-initialised so training starts from SAM2's own dense input.
+    """
+
+    def __init__(self, cfg: MaskHeadConfig, d_llm: int, backend: SAM2Backend):
+        super().__init__()
+        self.d_llm = d_llm
+        self.prompt_tokens = cfg.prompt_tokens
+        hidden = cfg.prompt_hidden or d_llm
+        self.prompt_mlp = nn.Sequential(
+            nn.Linear(d_llm, hidden), nn.ReLU(), nn.Linear(hidden, cfg.prompt_tokens * PROMPT_DIM)
+        )
+        self.dense_proj: nn.Linear | None = None
+        if cfg.dense_prompt:
+            self.dense_proj = nn.Linear(d_llm, PROMPT_DIM)
+            nn.init.zeros_(self.dense_proj.weight)
+            nn.init.zeros_(self.dense_proj.bias)
+        self.backend = backend
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """`mask_head`: the prompt MLP(s), plus SAM2's mask decoder when it trains."""
+        params = list(self.prompt_mlp.parameters())
+        if self.dense_proj is not None:
+            params += list(self.dense_proj.parameters())
+        if self.backend.train_decoder:
+            params += self.backend.decoder_parameters()
+        return {"mask_head": params}
+
+    def prompt(self, query: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Sparse `[n, t, 256]` and dense `[n, 256, h, w]` (or None) prompts of `query [n, d_llm]`."""
+        if query.ndim != 2 or query.shape[1] != self.d_llm:
+            raise ValueError(f"MaskHead: query must be [n, {self.d_llm}], got {tuple(query.shape)}")
+        x = query.to(self.prompt_mlp[0].weight.dtype)
+        sparse = self.prompt_mlp(x).view(len(x), self.prompt_tokens, PROMPT_DIM)
+        dense = None
+        if self.dense_proj is not None:
+            base = self.backend.no_mask_dense(len(x))
+            dense = base + self.dense_proj(x)[:, :, None, None].to(base.dtype)
+        return sparse, dense
+
+    def forward(
+        self,
+        query: Tensor,
+        frames: Sequence[Tensor],
+        video_ids: Sequence[str] | None = None,
+        frame_indices: Sequence[Sequence[int]] | None = None,
+    ) -> MaskOutput:
+        """Masks on each token's sampled frames (image mode, same prompt on every frame).
+
+        query `[n, d_llm]`; frames: per token `[k_i, 3, H_i, W_i]` RGB (uint8 or float in
+        [0, 1]); video_ids / frame_indices key the image-feature cache by (video, frame index);
+        without indices the key is (video, digest of the frame's pixels).
+        """
+        n = len(query)
+        if len(frames) != n:
+            raise ValueError(f"MaskHead: {len(frames)} frame stacks for {n} queries")
+        if video_ids is not None and len(video_ids) != n:
+            raise ValueError(f"MaskHead: {len(video_ids)} video ids for {n} queries")
+        if frame_indices is not None and len(frame_indices) != n:
+            raise ValueError(f"MaskHead: {len(frame_indices)} frame index lists for {n} queries")
+        sparse, dense = self.prompt(query)
+        logits = []
+        for i, clip in enumerate(frames):
+            if clip.ndim != 4 or len(clip) == 0:
+                raise ValueError(
+                    f"MaskHead: frames[{i}] must be [k, 3, H, W] with k >= 1, got "
+                    f"{tuple(clip.shape)}"
+                )
+            vid = None if video_ids is None else video_ids[i]
+            idx = None if frame_indices is None else list(frame_indices[i])
+            if idx is not None and len(idx) != len(clip):
+                raise ValueError(f"MaskHead: {len(idx)} frame indices for {len(clip)} frames")
+            keys = [frame_key(vid, f, None if idx is None else idx[j]) for j, f in enumerate(clip)]
+            feats = self.backend.image_features(clip, keys)
+            k = len(clip)
+            d = None if dense is None else dense[i : i + 1].expand(k, -1, -1, -1)
+            logits.append(self.backend.decode(sparse[i : i + 1].expand(k, -1, -1), feats, d))
+        return MaskOutput(logits=logits, sparse=sparse, embed_box=self.backend.box_embedding)
+
+    @torch.no_grad()
+    def propagate(self, prompt: Tensor, frames: Tensor, prompt_frame: int = 0) -> Tensor:
+        """Bool masks `[T, H, W]` over video `frames [T, 3, H, W]` at its resolution.
+
+        prompt: the `<tracking>` query `[d_llm]` or a sparse prompt `[t, 256]`.
+        SAM2's video predictor takes only point/box/mask prompts (no embeddings), so the prompted
+        frame is decoded here with the custom prompt, and its mask seeds the predictor
+        (`add_new_mask`), which propagates it with its memory.
+        """
+        if prompt.ndim == 1:
+            sparse, dense = self.prompt(prompt[None])
+        elif prompt.ndim == 2 and prompt.shape[-1] == PROMPT_DIM:
+            sparse, dense = prompt[None], None
+        else:
+            raise ValueError(
+                f"MaskHead.propagate: prompt must be a query [{self.d_llm}] or a sparse prompt "
+                f"[t, {PROMPT_DIM}], got {tuple(prompt.shape)}"
+            )
+        if not 0 <= prompt_frame < len(frames):
+            raise ValueError(f"propagate: prompt_frame {prompt_frame} outside [0, {len(frames)})")
+        was = self.training
+        self.eval()
+        try:
+            feats = self.backend.image_features(frames[prompt_frame : prompt_frame + 1])
+            low = self.backend.decode(sparse, feats, dense)  # [1, h, w]
+        finally:
+            self.train(was)
+        size = (self.backend.image_size, self.backend.image_size)
+        seed = F.interpolate(low[None].float(), size=size, mode="bilinear", align_corners=False)
+        return self.backend.propagate(frames, prompt_frame=prompt_frame, mask=seed[0, 0] > 0)
+
+    def track(self, prompt: Tensor, frames: Tensor, prompt_frame: int = 0) -> TrackResult:
+        """Masks and boxes `[T, 4]` (xyxy pixels, NaN where the mask is empty) from a prompt."""
+        masks = self.propagate(prompt, frames, prompt_frame)
+        return TrackResult(masks, boxes_from_masks(masks))
+
+    def track_from_box(
+        self, frames: Tensor, box_xyxy: Sequence[float] | Tensor, frame: int = 0
+    ) -> TrackResult:
+        """Track the object in pixel `box_xyxy` on `frames[frame]` (SAM2's real box prompt)."""
+        return track_from_box(self.backend, frames, box_xyxy, frame)
+
+
+def build_sam2_backend(cfg: MaskHeadConfig, device: str | torch.device = "cpu") -> SAM2Backend:
+    """SAM2 (config name + optional local checkpoint) wrapped with its feature cache."""
+    sam = build_sam2_model(cfg, device)
+    return SAM2Backend(sam, train_decoder=cfg.train_decoder, cache_frames=cfg.cache_frames)
+
+
+def build_mask_head(cfg: MaskHeadConfig, d_llm: int, device: str | torch.device = "cpu") -> MaskHead:
+    """The mask head with a freshly built SAM2 backend."""
+    return MaskHead(cfg, d_llm, build_sam2_backend(cfg, device))

@@ -1,0 +1,322 @@
+"""SAM2 for the mask head: building, cached frozen image features, decoding, video propagation.
+
+Everything here talks to the `sam2` package (1.x). `sam2` initialises Hydra globally when it
+is imported (sam2#179), so it is imported only inside the functions that need it, and the model
+is built inside a scoped Hydra context that restores whatever Hydra state existed before
+(building twice in one process, or next to another Hydra user, works).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from tpo.config.heads import MaskHeadConfig
+
+SAM_MEAN = (0.485, 0.456, 0.406)  # SAM2's image normalisation (sam2.utils.transforms)
+SAM_STD = (0.229, 0.224, 0.225)
+PROMPT_DIM = 256  # SAM2's prompt / decoder width
+
+
+@contextlib.contextmanager
+def _sam2_hydra() -> Iterator[None]:
+    """Hydra initialised on sam2's config module for the block; the previous state restored."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("sam2", version_base="1.2"):
+            yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def build_sam2_model(cfg: MaskHeadConfig, device: str | torch.device = "cpu") -> nn.Module:
+    """A `SAM2VideoPredictor` (a `SAM2Base`) from `cfg.sam2_config` at `cfg.image_size`.
+
+    One model serves both the training path (image encoder + prompt encoder + mask decoder) and
+    video propagation. `cfg.checkpoint` is a local file (None: random weights).
+    """
+    if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
+        raise FileNotFoundError(
+            f"mask.checkpoint: no SAM2 checkpoint at {cfg.checkpoint!r} (a local .pt file)"
+        )
+    from hydra.errors import MissingConfigException
+    from sam2.build_sam import build_sam2_video_predictor
+
+    overrides = [f"++model.image_size={cfg.image_size}"]
+    try:
+        with _sam2_hydra():
+            model = build_sam2_video_predictor(
+                cfg.sam2_config, cfg.checkpoint, device=str(device), hydra_overrides_extra=overrides
+            )
+    except MissingConfigException as err:
+        raise ValueError(
+            f"mask.sam2_config: no SAM2 config {cfg.sam2_config!r} in the sam2 package; "
+            "expected a name like configs/sam2.1/sam2.1_hiera_t.yaml"
+        ) from err
+    if importlib.util.find_spec("sam2._C") is None:
+        # hole filling needs sam2's optional CUDA extension; without it sam2 warns on every
+        # frame and skips the step, so switch it off (the masks are the same)
+        model.fill_hole_area = 0
+    return model
+
+
+def to_sam_input(frames: Tensor, image_size: int) -> Tensor:
+    """RGB frames `[k, 3, H, W]` (uint8, or float in [0, 1]) -> `[k, 3, S, S]` float normalised.
+
+    Resized to SAM's square input without keeping the aspect ratio, as SAM2's own transforms do.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"SAM2 frames must be RGB [k, 3, H, W], got {tuple(frames.shape)}")
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+    mean = x.new_tensor(SAM_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(SAM_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def frame_key(video_id: str | None, frame: Tensor, index: int | None = None) -> Hashable:
+    """Cache key of one frame: (video id, frame index), or (video id, digest of the pixels)."""
+    if index is not None and video_id is not None:
+        return (video_id, int(index))
+    data = frame.detach().cpu().contiguous()
+    digest = hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()
+    return (video_id, tuple(data.shape), str(data.dtype), digest)
+
+
+class FeatureCache:
+    """LRU dict of per-frame image-encoder features, bounded to `max_items` frames."""
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self._items: OrderedDict[Hashable, tuple[Tensor, ...]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> tuple[Tensor, ...] | None:
+        """The features under `key` (marked most recent), or None."""
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: Hashable, value: tuple[Tensor, ...]) -> None:
+        """Store `value`, evicting the least recently used beyond `max_items`."""
+        if self.max_items <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop everything (counters too)."""
+        self._items.clear()
+        self.hits = self.misses = 0
+
+
+@dataclass
+class ImageFeatures:
+    """Decoder inputs for `k` frames: `embed [k, 256, h, w]` (lowest level, h = S/16) and
+    `high_res` = `[k, 32, 4h, 4w]`, `[k, 64, 2h, 2w]` (projected by the decoder's conv_s0/s1)."""
+
+    embed: Tensor
+    high_res: list[Tensor]
+
+
+class SAM2Backend(nn.Module):
+    """A frozen SAM2 (image encoder, memory modules, prompt encoder) and its mask decoder.
+
+    The decoder (including its conv_s0/conv_s1 projections of the high-res features) is
+    trainable when `train_decoder`; everything else never requires grad and stays in eval mode.
+    The cache stores the raw image-encoder output (before conv_s0/s1, which may train), so
+    cached features stay valid while the decoder learns.
+    """
+
+    def __init__(self, sam: nn.Module, train_decoder: bool = True, cache_frames: int = 64):
+        super().__init__()
+        self.sam = sam
+        self.train_decoder = train_decoder
+        self.cache = FeatureCache(cache_frames)
+        self.encoder_calls = 0  # frames run through the image encoder (cache misses)
+        self.image_size = int(sam.image_size)
+        for p in sam.parameters():
+            p.requires_grad_(False)
+        if train_decoder:
+            for p in sam.sam_mask_decoder.parameters():
+                p.requires_grad_(True)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> SAM2Backend:
+        """Only the decoder follows `mode` (when trainable); the rest of SAM2 stays in eval."""
+        self.training = mode
+        self.sam.eval()
+        self.sam.sam_mask_decoder.train(mode and self.train_decoder)
+        return self
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The mask decoder's parameters (trainable only with `train_decoder`)."""
+        return list(self.sam.sam_mask_decoder.parameters())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sam.no_mem_embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.no_mem_embed.device
+
+    def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:
+        """Raw FPN features of `[k, 3, H, W]` frames, one `(l0, l1, l2)` tuple per frame."""
+        x = to_sam_input(frames.to(self.device), self.image_size).to(self.dtype)
+        with torch.no_grad():
+            fpn = self.sam.image_encoder(x)["backbone_fpn"]
+        self.encoder_calls += len(frames)
+        levels = fpn[-self.sam.num_feature_levels :]
+        return [tuple(level[i] for level in levels) for i in range(len(frames))]
+
+    def image_features(self, frames: Tensor, keys: Sequence[Hashable] | None = None) -> ImageFeatures:
+        """Decoder inputs for `[k, 3, H, W]` frames; `keys` (one per frame) enable the cache.
+
+        Nothing is cached under inference mode: its tensors could not serve a later backward.
+        """
+        if keys is not None and len(keys) != len(frames):
+            raise ValueError(f"image_features: {len(keys)} cache keys for {len(frames)} frames")
+        use_cache = keys is not None and not torch.is_inference_mode_enabled()
+        per_frame: list[tuple[Tensor, ...] | None] = [None] * len(frames)
+        if use_cache:
+            per_frame = [self.cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(per_frame) if f is None]
+        if missing:
+            computed = self._encode(frames[missing])
+            for i, feats in zip(missing, computed):
+                per_frame[i] = feats
+                if use_cache:
+                    self.cache.put(keys[i], feats)
+        l0, l1, l2 = (torch.stack([f[j] for f in per_frame]) for j in range(3))
+        decoder = self.sam.sam_mask_decoder
+        high_res = [decoder.conv_s0(l0), decoder.conv_s1(l1)]
+        embed = l2
+        if self.sam.directly_add_no_mem_embed:  # as SAM2 does for frames without memory
+            embed = embed + self.sam.no_mem_embed.view(1, -1, 1, 1)
+        return ImageFeatures(embed, high_res)
+
+    def no_mask_dense(self, n: int) -> Tensor:
+        """SAM2's dense prompt for "no mask input" `[n, 256, h, w]`."""
+        size = self.sam.sam_prompt_encoder.image_embedding_size
+        weight = self.sam.sam_prompt_encoder.no_mask_embed.weight
+        return weight.reshape(1, -1, 1, 1).expand(n, -1, *size)
+
+    def decode(self, sparse: Tensor, feats: ImageFeatures, dense: Tensor | None = None) -> Tensor:
+        """Single-mask logits `[k, 4h, 4w]` (h = S/16) for `k` frames with prompts `sparse
+        [k, t, 256]` and `dense [k, 256, h, w]` (None: SAM2's no-mask embedding)."""
+        k = feats.embed.shape[0]
+        if sparse.shape[0] != k:
+            raise ValueError(f"decode: {sparse.shape[0]} prompts for {k} frames")
+        dense = self.no_mask_dense(k) if dense is None else dense
+        logits, _, _, _ = self.sam.sam_mask_decoder(
+            image_embeddings=feats.embed,
+            image_pe=self.sam.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse.to(feats.embed.dtype),
+            dense_prompt_embeddings=dense.to(feats.embed.dtype),
+            multimask_output=False,
+            repeat_image=False,
+            high_res_features=feats.high_res,
+        )
+        return logits[:, 0]
+
+    @torch.no_grad()
+    def box_embedding(self, boxes: Tensor) -> Tensor:
+        """SAM2's prompt-encoder embedding `[n, 3, 256]` of normalised xyxy `boxes [n, 4]`:
+        two corner points (labels 2, 3) + the padding point, as SAM2 embeds a lone box."""
+        s = self.image_size
+        corners = boxes.to(self.device, torch.float32).view(-1, 2, 2) * s
+        labels = torch.tensor([[2, 3]], dtype=torch.int32, device=self.device).expand(len(boxes), 2)
+        sparse, _ = self.sam.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
+        return sparse
+
+    @contextlib.contextmanager
+    def _all_eval(self) -> Iterator[None]:
+        was = self.training
+        self.sam.sam_mask_decoder.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
+    def propagate(
+        self,
+        frames: Tensor,
+        prompt_frame: int = 0,
+        mask: Tensor | None = None,
+        box_xyxy: Sequence[float] | Tensor | None = None,
+    ) -> Tensor:
+        """Masks `[T, H, W]` bool at the video's resolution: SAM2's video predictor seeded on
+        `prompt_frame` by a `mask [S, S]` (SAM input resolution) or a pixel `box_xyxy`, then
+        propagated forward (and backward when prompt_frame > 0) through memory attention.
+
+        `SAM2VideoPredictor.init_state` only reads an mp4 path or a JPEG folder (no tensors in
+        sam2 1.x), so the frames go to a temporary JPEG folder (quality 95, 4:4:4), removed after.
+        """
+        if (mask is None) == (box_xyxy is None):
+            raise ValueError("propagate: give exactly one of mask or box_xyxy")
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"propagate: frames must be [T, 3, H, W], got {tuple(frames.shape)}")
+        num = len(frames)
+        if not 0 <= prompt_frame < num:
+            raise ValueError(f"propagate: prompt_frame {prompt_frame} outside [0, {num})")
+        h, w = frames.shape[-2:]
+        out = torch.zeros(num, h, w, dtype=torch.bool)
+        with tempfile.TemporaryDirectory(prefix="tpo_sam2_") as folder, self._all_eval():
+            _write_jpegs(frames, folder)
+            state = self.sam.init_state(folder, offload_video_to_cpu=True)
+            with torch.inference_mode():
+                if mask is not None:
+                    self.sam.add_new_mask(state, prompt_frame, 1, mask.bool().cpu())
+                else:
+                    box = torch.as_tensor(box_xyxy, dtype=torch.float32).reshape(4).cpu()
+                    self.sam.add_new_points_or_box(
+                        state, prompt_frame, 1, box=box.numpy(), normalize_coords=True
+                    )
+                for reverse in (False, True):
+                    if reverse and prompt_frame == 0:
+                        continue
+                    for idx, _, logits in self.sam.propagate_in_video(
+                        state, start_frame_idx=prompt_frame, reverse=reverse
+                    ):
+                        out[idx] = (logits[0, 0] > 0).cpu()
+        return out
+
+
+def _write_jpegs(frames: Tensor, folder: str) -> None:
+    """Frames `[T, 3, H, W]` (uint8 or float in [0, 1]) as `{folder}/00000.jpg`, ...."""
+    arr = frames.detach().cpu()
+    if arr.dtype != torch.uint8:
+        arr = (arr.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    arr_np = arr.permute(0, 2, 3, 1).numpy()
+    for i, img in enumerate(arr_np):
+        Image.fromarray(np.ascontiguousarray(img)).save(
+            os.path.join(folder, f"{i:05d}.jpg"), quality=95, subsampling=0
+        )

@@ -1,0 +1,93 @@
+"""From prompts to grounded predictions: generate, capture content-token queries, run heads.
+
+Shared by the inference API, the benchmark runners and the learning benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tpo.model.mllm import HEADS
+from tpo.model.prompt import PromptCollator, Turn
+from tpo.model.tpo_model import TPOModel
+
+
+@dataclass
+class Prediction:
+    """What the model said about one (video, question).
+
+    text: the answer; heads: heads fired in order; windows: [[start_s, end_s, score]] sorted;
+    saliency: per head-frame score with `saliency_times` s; box: normalised xyxy of the asked
+    frame; masks: bool `[k, H, W]` on the given mask frames.
+    """
+
+    text: str
+    heads: list[str] = field(default_factory=list)
+    windows: list[list[float]] = field(default_factory=list)
+    saliency: list[float] | None = None
+    saliency_times: list[float] | None = None
+    box: list[float] | None = None
+    masks: np.ndarray | None = None
+
+
+@torch.no_grad()
+def predict(
+    model: TPOModel,
+    collator: PromptCollator,
+    frames: torch.Tensor,
+    questions: list[str],
+    videos: list[str],
+    durations: list[float],
+    *,
+    box_frames: list[int] | None = None,
+    mask_frames: list[torch.Tensor | None] | None = None,
+    history: list[list[tuple[str, str]]] | None = None,
+    max_new_tokens: int = 32,
+    nms_iou: float | None = None,
+) -> list[Prediction]:
+    """Answer a batch: frames `[b, f, 3, H, W]`, one question, video path and duration each.
+
+    box_frames: position in f of the frame a region question asks about (default: middle);
+    mask_frames: per sample uint8 frames `[k, 3, H0, W0]` the mask head predicts on.
+    """
+    from tpo.heads.temporal import postprocess_saliency, postprocess_spans
+
+    model.eval()
+    dtype = next(model.mllm.llm.parameters()).dtype
+    device = next(model.parameters()).device
+    b = len(questions)
+    hist = history or [[] for _ in range(b)]
+    text = collator.prompts([Turn(q, None, h) for q, h in zip(questions, hist)])
+    gen = model.mllm.generate(frames.to(device, dtype), text.input_ids.to(device),
+                              text.attention_mask.to(device), max_new_tokens=max_new_tokens)
+    preds = [Prediction(text=t) for t in gen.text]
+    for k in range(len(gen.task_head)):
+        i, name = int(gen.task_sample[k]), HEADS[int(gen.task_head[k])]
+        preds[i].heads.append(name)
+        if name not in model.heads:
+            continue
+        query = gen.task_hidden[k : k + 1]
+        if name == "temporal" and not preds[i].windows:
+            feats, stamps = model.temporal_features(videos[i], durations[i])
+            out = model.heads["temporal"](
+                query, feats[None].to(device, dtype), stamps[None].to(device),
+                torch.tensor([durations[i]], device=device),
+            )
+            preds[i].windows = postprocess_spans(out, torch.tensor([durations[i]]), nms_iou)[0]
+            preds[i].saliency = postprocess_saliency(out)[0]
+            preds[i].saliency_times = stamps.tolist()
+        elif name == "region" and preds[i].box is None:
+            patches = None
+            if gen.vision is not None and getattr(model.heads["region"], "refine", False):
+                t = gen.vision.frames.shape[1]
+                per = gen.vision.patches.view(b, t, -1, gen.vision.patches.shape[-1])
+                f = (box_frames or [t // 2] * b)[i]
+                patches = per[i : i + 1, f]
+            preds[i].box = model.heads["region"](query, patches).boxes[0].float().tolist()
+        elif name == "mask" and preds[i].masks is None and mask_frames and mask_frames[i] is not None:
+            out = model.heads["mask"](query, [mask_frames[i]], [videos[i]])
+            preds[i].masks = model.heads["mask"].binarize(out, [mask_frames[i]])[0]
+    return preds

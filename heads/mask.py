@@ -176,6 +176,8 @@ def build_sam2_backend(cfg: MaskHeadConfig, device: str | torch.device = "cpu") 
     return SAM2Backend(sam, train_decoder=cfg.train_decoder, cache_frames=cfg.cache_frames)
 
 
-def build_mask_head(cfg: MaskHeadConfig, d_llm: int, device: str | torch.device = "cpu") -> MaskHead:
+def build_mask_head(
+    cfg: MaskHeadConfig, d_llm: int, device: str | torch.device = "cpu"
+) -> MaskHead:
     """The mask head with a freshly built SAM2 backend."""
     return MaskHead(cfg, d_llm, build_sam2_backend(cfg, device))

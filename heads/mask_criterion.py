@@ -28,7 +28,9 @@ def bce_per_mask(logits: Tensor, gt: Tensor) -> Tensor:
     return loss.flatten(1).mean(1)
 
 
-def dice_per_mask(logits: Tensor, gt: Tensor, scale: float = DICE_SCALE, eps: float = DICE_EPS) -> Tensor:
+def dice_per_mask(
+    logits: Tensor, gt: Tensor, scale: float = DICE_SCALE, eps: float = DICE_EPS
+) -> Tensor:
     """`[k]` DICE loss of each mask `[k, H, W]` (LISA's scale and eps)."""
     p = logits.sigmoid().flatten(1)
     g = gt.to(p.dtype).flatten(1)

@@ -188,16 +188,24 @@ class SAM2Backend(nn.Module):
     def device(self) -> torch.device:
         return self.sam.no_mem_embed.device
 
+    def _precision(self) -> torch.autocast:
+        """Autocast to the weights' dtype when SAM2 is in bf16/fp16: SAM2 builds fp32 tensors
+        internally (positional encodings, predictor images) that would not match them."""
+        low = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=low)
+
     def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:
         """Raw FPN features of `[k, 3, H, W]` frames, one `(l0, l1, l2)` tuple per frame."""
         x = to_sam_input(frames.to(self.device), self.image_size).to(self.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self._precision():
             fpn = self.sam.image_encoder(x)["backbone_fpn"]
         self.encoder_calls += len(frames)
         levels = fpn[-self.sam.num_feature_levels :]
         return [tuple(level[i] for level in levels) for i in range(len(frames))]
 
-    def image_features(self, frames: Tensor, keys: Sequence[Hashable] | None = None) -> ImageFeatures:
+    def image_features(
+        self, frames: Tensor, keys: Sequence[Hashable] | None = None
+    ) -> ImageFeatures:
         """Decoder inputs for `[k, 3, H, W]` frames; `keys` (one per frame) enable the cache.
 
         Nothing is cached under inference mode: its tensors could not serve a later backward.
@@ -217,7 +225,8 @@ class SAM2Backend(nn.Module):
                     self.cache.put(keys[i], feats)
         l0, l1, l2 = (torch.stack([f[j] for f in per_frame]) for j in range(3))
         decoder = self.sam.sam_mask_decoder
-        high_res = [decoder.conv_s0(l0), decoder.conv_s1(l1)]
+        with self._precision():
+            high_res = [decoder.conv_s0(l0), decoder.conv_s1(l1)]
         embed = l2
         if self.sam.directly_add_no_mem_embed:  # as SAM2 does for frames without memory
             embed = embed + self.sam.no_mem_embed.view(1, -1, 1, 1)
@@ -236,15 +245,16 @@ class SAM2Backend(nn.Module):
         if sparse.shape[0] != k:
             raise ValueError(f"decode: {sparse.shape[0]} prompts for {k} frames")
         dense = self.no_mask_dense(k) if dense is None else dense
-        logits, _, _, _ = self.sam.sam_mask_decoder(
-            image_embeddings=feats.embed,
-            image_pe=self.sam.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse.to(feats.embed.dtype),
-            dense_prompt_embeddings=dense.to(feats.embed.dtype),
-            multimask_output=False,
-            repeat_image=False,
-            high_res_features=feats.high_res,
-        )
+        with self._precision():
+            logits, _, _, _ = self.sam.sam_mask_decoder(
+                image_embeddings=feats.embed,
+                image_pe=self.sam.sam_prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse.to(feats.embed.dtype),
+                dense_prompt_embeddings=dense.to(feats.embed.dtype),
+                multimask_output=False,
+                repeat_image=False,
+                high_res_features=feats.high_res,
+            )
         return logits[:, 0]
 
     @torch.no_grad()
@@ -252,9 +262,12 @@ class SAM2Backend(nn.Module):
         """SAM2's prompt-encoder embedding `[n, 3, 256]` of normalised xyxy `boxes [n, 4]`:
         two corner points (labels 2, 3) + the padding point, as SAM2 embeds a lone box."""
         s = self.image_size
-        corners = boxes.to(self.device, torch.float32).view(-1, 2, 2) * s
+        corners = boxes.to(self.device, self.dtype).view(-1, 2, 2) * s
         labels = torch.tensor([[2, 3]], dtype=torch.int32, device=self.device).expand(len(boxes), 2)
-        sparse, _ = self.sam.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
+        with self._precision():
+            sparse, _ = self.sam.sam_prompt_encoder(
+                points=(corners, labels), boxes=None, masks=None
+            )
         return sparse
 
     @contextlib.contextmanager
@@ -289,7 +302,11 @@ class SAM2Backend(nn.Module):
             raise ValueError(f"propagate: prompt_frame {prompt_frame} outside [0, {num})")
         h, w = frames.shape[-2:]
         out = torch.zeros(num, h, w, dtype=torch.bool)
-        with tempfile.TemporaryDirectory(prefix="tpo_sam2_") as folder, self._all_eval():
+        with (
+            tempfile.TemporaryDirectory(prefix="tpo_sam2_") as folder,
+            self._all_eval(),
+            self._precision(),
+        ):
             _write_jpegs(frames, folder)
             state = self.sam.init_state(folder, offload_video_to_cpu=True)
             with torch.inference_mode():

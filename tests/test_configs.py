@@ -64,3 +64,12 @@ def test_schema_check_and_cli_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(TPOConfig, [tmp_path / "list.yaml"])
+
+
+def test_free_dict_fields_take_new_keys_but_dataclasses_stay_strict(tmp_path):
+    cfg_file = tmp_path / "g.yaml"
+    cfg_file.write_text("train:\n  lr_groups: {lora: 1.0e-4}\n")
+    cfg = load_config(TPOConfig, [cfg_file], ["train.lr_groups.task_tokens=0.1"])
+    assert cfg.train.lr_groups == {"lora": 1e-4, "task_tokens": 0.1}
+    with pytest.raises(ConfigError, match="train.lrx"):
+        load_config(TPOConfig, [], ["train.lrx=1"])

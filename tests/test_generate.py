@@ -7,9 +7,8 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from tests.test_mllm import build_tiny
 from tpo.config import TPOConfig, load_config
-from tpo.model.build import build_collator
+from tpo.model.build import build_collator, build_mllm
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config(TPOConfig, [ROOT / "configs/tiny/model.yaml"]).model
@@ -33,7 +32,7 @@ class ForceAt(LogitsProcessor):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = build_tiny().eval()
+    m = build_mllm(CFG).eval()
     with torch.no_grad():  # a non-zero adapter, so LoRA takes part in every step
         for p in m.trainable_groups()["lora"]:
             p.normal_(std=0.05)

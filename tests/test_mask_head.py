@@ -25,7 +25,7 @@ TINY = MaskHeadConfig(
     dense_prompt=True,
     box_embed_l1=1.0,
 )
-T, H, W = 4, 64, 80  # toy video: a red square moving right and down on blue
+T, H, W = 3, 64, 80  # toy video: a red square moving right and down on blue
 
 
 def toy_video() -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def toy_video() -> tuple[torch.Tensor, torch.Tensor]:
     frames[:, 2] = 60
     masks = torch.zeros(T, H, W, dtype=torch.bool)
     for t in range(T):
-        x, y = 8 + 12 * t, 10 + 6 * t
+        x, y = 8 + 16 * t, 10 + 8 * t
         frames[t, 0, y : y + 20, x : x + 20] = 230
         frames[t, 1, y : y + 20, x : x + 20] = 40
         frames[t, 2, y : y + 20, x : x + 20] = 0
@@ -62,7 +62,7 @@ def trained(head):
     opt = torch.optim.AdamW(head.trainable_groups()["mask_head"], lr=1e-3, weight_decay=0.0)
     head.train()
     losses = []
-    for _ in range(15):
+    for _ in range(8):
         out = head(query, [frames], ["toy"], [list(range(T))])
         loss = weighted_sum(crit(out, [{"masks": masks}]), crit.weight_dict)
         opt.zero_grad()
@@ -173,7 +173,12 @@ def test_gradients_reach_query_and_prompt_mlp_not_encoder(head):
     assert decoder.conv_s0.weight.grad.abs().sum() > 0  # the cached features' projection trains
     assert decoder.output_hypernetworks_mlps[0].layers[0].weight.grad.abs().sum() > 0
     sam = head.backend.sam
-    for frozen in (sam.image_encoder, sam.memory_attention, sam.memory_encoder, sam.sam_prompt_encoder):
+    for frozen in (
+        sam.image_encoder,
+        sam.memory_attention,
+        sam.memory_encoder,
+        sam.sam_prompt_encoder,
+    ):
         assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
     group = {id(p) for p in head.trainable_groups()["mask_head"]}
     assert {id(p) for p in decoder.parameters()} <= group
@@ -204,15 +209,15 @@ def test_feature_cache_avoids_recomputation(head):
     query = torch.randn(1, D_LLM)
     with torch.no_grad():
         calls = backend.encoder_calls
-        first = head(query, [frames[:3]], ["cache_vid"], [[0, 1, 2]]).logits[0]
-        assert backend.encoder_calls - calls == 3
-        again = head(query, [frames[1:4]], ["cache_vid"], [[1, 2, 3]]).logits[0]
-        assert backend.encoder_calls - calls == 4  # only frame 3 is new
-        assert backend.cache.hits == 2
-        assert torch.allclose(again[:2], first[1:], atol=1e-5)
-        head(query, [frames[3:4]], ["cache_vid"])  # keyed by pixels: computed once, then hit
-        head(query, [frames[3:4].clone()], ["cache_vid"])
-        assert backend.encoder_calls - calls == 5
+        first = head(query, [frames[:2]], ["cache_vid"], [[0, 1]]).logits[0]
+        assert backend.encoder_calls - calls == 2
+        again = head(query, [frames[1:3]], ["cache_vid"], [[1, 2]]).logits[0]
+        assert backend.encoder_calls - calls == 3  # only frame 2 is new
+        assert backend.cache.hits == 1
+        assert torch.allclose(again[0], first[1], atol=1e-5)
+        head(query, [frames[2:3]], ["cache_vid"])  # keyed by pixels: computed once, then hit
+        head(query, [frames[2:3].clone()], ["cache_vid"])
+        assert backend.encoder_calls - calls == 4
     lru = FeatureCache(max_items=2)
     for key in "abc":
         lru.put(key, (torch.zeros(1),))
@@ -229,37 +234,38 @@ def test_head_overfits_toy_video(trained):
     assert all(iou(pred[t], masks[t]) > 0.6 for t in range(T))
 
 
-@pytest.mark.parametrize("prompt_frame", [0, 2])
+@pytest.mark.parametrize("prompt_frame", [0, 1])
 def test_propagation_one_bool_mask_per_frame(trained, prompt_frame):
     head, query, _ = trained
     frames, masks = toy_video()
-    out = head.propagate(query[0], frames, prompt_frame=prompt_frame)
+    # frame 0: the <tracking> query; frame 1 (propagates backward too): a sparse prompt
+    prompt = query[0] if prompt_frame == 0 else head.prompt(query)[0][0].detach()
+    out = head.propagate(prompt, frames, prompt_frame=prompt_frame)
     assert out.shape == (T, H, W) and out.dtype == torch.bool
     # the prompted frame's mask is the one decoded from the learnt prompt (seeded, not tracked)
     assert iou(out[prompt_frame], masks[prompt_frame]) > 0.6
-    sparse, _ = head.prompt(query)
-    assert head.propagate(sparse[0].detach(), frames).shape == (T, H, W)
 
 
 def test_bad_build_inputs(tmp_path):
     with pytest.raises(ValueError, match="mask.sam2_config"):
         build_mask_head(MaskHeadConfig(sam2_config="configs/none.yaml", image_size=256), D_LLM)
     with pytest.raises(FileNotFoundError, match="mask.checkpoint"):
-        build_mask_head(
-            MaskHeadConfig(TINY.sam2_config, str(tmp_path / "missing.pt"), 256), D_LLM
-        )
+        build_mask_head(MaskHeadConfig(TINY.sam2_config, str(tmp_path / "missing.pt"), 256), D_LLM)
     with pytest.raises(ValueError, match="prompt_tokens 3"):
         MaskHeadConfig(prompt_tokens=2, box_embed_l1=1.0)
 
 
 def test_building_restores_foreign_hydra_state(tmp_path):
-    from hydra import initialize_config_dir
+    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     (tmp_path / "mine.yaml").write_text("a: 1\n")
-    with initialize_config_dir(str(tmp_path), version_base="1.2"):
-        build_mask_head(MaskHeadConfig(TINY.sam2_config, None, 256, prompt_hidden=8), D_LLM)
-        from hydra import compose
-
-        assert GlobalHydra.instance().is_initialized()
-        assert compose(config_name="mine").a == 1  # the foreign config search path is back
+    backup = get_gh_backup()  # importing sam2 initialised Hydra on its own configs
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(tmp_path), version_base="1.2"):
+            build_mask_head(MaskHeadConfig(TINY.sam2_config, None, 256, prompt_hidden=8), D_LLM)
+            assert compose(config_name="mine").a == 1  # the foreign config search path is back
+    finally:
+        restore_gh_from_backup(backup)

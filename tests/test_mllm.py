@@ -1,20 +1,15 @@
 """The assembled tiny MLLM: gradients by group, LM loss on answers, visual splice, head queries."""
 
-import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tpo.config import TPOConfig, load_config
 from tpo.model.build import build_collator, build_mllm
-from tpo.model.llm import build_llm
-from tpo.model.mllm import HEADS, MLLM, position_ids
+from tpo.model.mllm import HEADS, position_ids
 from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID, Turn
-from tpo.model.tokens import build_task_tokens, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config(TPOConfig, [ROOT / "configs/tiny/model.yaml"]).model
@@ -22,68 +17,10 @@ TEMP, BOXES, TRACKING, TRACK_BOX = 32002, 32003, 32005, 32006
 TIME_BEGIN, BOX_BEGIN, TRACK_BEGIN = 32001, 32000, 32004
 
 
-@dataclass
-class StandInVisionOutput:
-    patches: torch.Tensor  # [b, f*p, d_v]
-    frames: torch.Tensor  # [b, f, d_v]
-
-
-class StandInVision(nn.Module):
-    """Used only while tpo.model.vision (written in parallel) is absent: patchify + linear."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__()
-        self.width = cfg.width
-        self.num_patches = (cfg.img_size // cfg.patch_size) ** 2
-        self.embed = nn.Conv2d(3, cfg.width, cfg.patch_size, cfg.patch_size)
-
-    def forward(self, frames: torch.Tensor) -> StandInVisionOutput:
-        b, f = frames.shape[:2]
-        x = self.embed(frames.flatten(0, 1)).flatten(2).transpose(1, 2)  # [b*f, p, d_v]
-        return StandInVisionOutput(
-            x.reshape(b, -1, self.width), x.reshape(b, f, -1, self.width).mean(2)
-        )
-
-    def trainable_groups(self):
-        return {"vision": list(self.parameters())}
-
-
-class StandInConnector(nn.Module):
-    """Used only while tpo.model.connector is absent: learned queries attend to the patches."""
-
-    def __init__(self, cfg, vision_width: int, llm_width: int) -> None:
-        super().__init__()
-        self.num_tokens = cfg.num_query + cfg.extra_query
-        self.queries = nn.Parameter(torch.randn(self.num_tokens, vision_width) * 0.02)
-        self.proj = nn.Linear(vision_width, llm_width)
-
-    def forward(self, patches, patch_mask=None, instruction_ids=None, instruction_mask=None):
-        att = torch.softmax(self.queries @ patches.transpose(1, 2), -1)  # [b, q, f*p]
-        return self.proj(att @ patches)
-
-    def trainable_groups(self):
-        return {
-            "connector": list(self.parameters()),
-            "connector_proj": list(self.proj.parameters()),
-        }
-
-
-def build_tiny(cfg=CFG) -> MLLM:
-    """The tiny MLLM: build_mllm once the vision encoder and connector modules exist."""
-    if all(importlib.util.find_spec(f"tpo.model.{m}") for m in ("vision", "connector")):
-        return build_mllm(cfg)
-    tokenizer = load_tokenizer(cfg.llm)
-    llm = build_llm(cfg.llm, tokenizer)
-    vision = StandInVision(cfg.vision)
-    connector = StandInConnector(cfg.connector, vision.width, llm.width)
-    tokens = build_task_tokens(cfg.tokens, llm.token_ids, llm.width, llm.mean_embedding)
-    return MLLM(vision, connector, llm, tokens, tokenizer)
-
-
 @pytest.fixture(scope="module")
 def built():
     torch.manual_seed(0)
-    model = build_tiny()
+    model = build_mllm(CFG)
     defaults = {
         name: [p.requires_grad for p in ps] for name, ps in model.trainable_groups().items()
     }

@@ -77,7 +77,9 @@ class MaskHeadConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 64 or self.image_size % 32:
-            raise ValueError(f"mask.image_size must be a multiple of 32 >= 64, got {self.image_size}")
+            raise ValueError(
+                f"mask.image_size must be a multiple of 32 >= 64, got {self.image_size}"
+            )
         if self.prompt_tokens < 1 or self.cache_frames < 0:
             raise ValueError("mask.prompt_tokens must be >= 1 and mask.cache_frames >= 0")
         if self.box_embed_l1 and self.prompt_tokens != 3:

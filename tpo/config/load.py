@@ -44,6 +44,17 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"key '{key}': {msg}" if key else msg
 
 
+def _open_free_dicts(node: DictConfig) -> None:
+    """Let plain `dict` fields take any keys while dataclass fields stay strict."""
+    for key in list(node.keys()):
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            if OmegaConf.get_type(child) is dict:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_free_dicts(child)
+
+
 def merge_into(schema: type[T], sources: list[tuple[str, Any]]) -> T:
     """Merge (label, mapping) sources into `schema` in order and build the dataclass.
 
@@ -51,6 +62,7 @@ def merge_into(schema: type[T], sources: list[tuple[str, Any]]) -> T:
     """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
+    _open_free_dicts(cfg)
     for label, source in sources:
         try:
             cfg = OmegaConf.merge(cfg, source)

@@ -63,16 +63,18 @@ def _matched_counts(src: np.ndarray, dst: np.ndarray, radius: int) -> np.ndarray
     """`[f]` number of set pixels of `src` `[f, H, W]` with a set pixel of `dst` within the disk
     of `radius` around them (= sum(src * dilate(dst, disk(radius))) per frame)."""
     n, h, w = src.shape
-    t, y, x = np.nonzero(src)
-    if t.size == 0:
+    index = np.flatnonzero(src)  # 1-D nonzero is ~20x faster than the 3-D one
+    if index.size == 0:
         return np.zeros(n, dtype=np.int64)
+    ty, x = np.divmod(index, w)
+    t, y = np.divmod(ty, h)
     # Row prefix sums of dst with `radius` zero rows above and below and a leading zero column:
     # "any dst pixel in row yy, columns lo..hi" = prefix[yy, hi + 1] - prefix[yy, lo] > 0.
     prefix = np.zeros((n, h + 2 * radius, w + 1), dtype=np.int32)
     np.cumsum(dst, axis=2, dtype=np.int32, out=prefix[:, radius : radius + h, 1:])
     flat = prefix.reshape(-1)
-    centre = (t * (h + 2 * radius) + y + radius) * (w + 1)
-    hit = np.zeros(t.size, dtype=bool)
+    centre = (ty + t * 2 * radius + radius) * (w + 1)
+    hit = np.zeros(index.size, dtype=bool)
     spans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for dy in range(-radius, radius + 1):
         half = math.isqrt(radius * radius - dy * dy)  # disk row dy spans dx in [-half, half]

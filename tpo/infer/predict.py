@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tpo.model.mllm import HEADS
 from tpo.model.prompt import PromptCollator, Turn
@@ -88,6 +89,8 @@ def predict(
                 patches = per[i : i + 1, f]
             preds[i].box = model.heads["region"](query, patches).boxes[0].float().tolist()
         elif name == "mask" and preds[i].masks is None and mask_frames and mask_frames[i] is not None:
-            out = model.heads["mask"](query, [mask_frames[i]], [videos[i]])
-            preds[i].masks = model.heads["mask"].binarize(out, [mask_frames[i]])[0]
+            logits = model.heads["mask"](query, [mask_frames[i]], [videos[i]]).logits[0]
+            size = tuple(mask_frames[i].shape[-2:])  # [k, h, w] low-res -> the frames' size
+            up = F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)
+            preds[i].masks = (up[:, 0] > 0).cpu().numpy()
     return preds

@@ -71,8 +71,12 @@ class StageRunner:
         self.out = Path(cfg.train.output_dir)
 
     # ---- setup -------------------------------------------------------------------------------
-    def _setup(self, resume: bool) -> None:
+    def setup(self, resume: bool = False) -> None:
+        """Build model, optimizer, DeepSpeed engine and data (once; `run` calls it if needed)."""
         import deepspeed
+
+        if getattr(self, "engine", None) is not None:
+            return
 
         cfg, stage = self.cfg, self.stage
         self.dist = init_distributed()
@@ -142,7 +146,7 @@ class StageRunner:
         """Train to `train.max_steps` (continuing the latest checkpoint with `resume`)."""
         from tqdm import tqdm
 
-        self._setup(resume)
+        self.setup(resume)
         t = self.cfg.train
         batches = self.data.iterate(self.start_step * self.accum)
         bar = tqdm(

@@ -1,0 +1,386 @@
+"""Benchmark runners: a model over a benchmark's native annotations -> the official prediction
+file -> the registry scorer -> `metrics.json` + `metrics.md`.
+
+| benchmark | annotations | predictions written under --out |
+|---|---|---|
+| qvhighlights | QVHighlights jsonl | `predictions.jsonl` {qid, vid, pred_relevant_windows, pred_saliency_scores} |
+| charades_sta | Charades-STA txt | `predictions.jsonl` {qid (line number), vid, pred_relevant_windows} |
+| refcoco | RefCOCO-style json | `predictions.jsonl` {id, bbox: [x1, y1, x2, y2] pixels} |
+| mevis | MeViS folder | `masks/{vid}/{eid}/{frame}.png` (+ `done.jsonl`) |
+| nextgqa | NExT-GQA folder | `predictions.json` {"{vid}_{qid}": {window, prediction}} (+ `progress.jsonl`) |
+| mvbench | MVBench json list | `predictions.jsonl` {qid, pred} |
+
+Resumable: each batch's lines are appended with one fsync'd write; a restart skips the ids
+already written (a truncated last line is dropped, `tpo.eval.runner_io.JsonlLog`).
+When the model does not fire the head a benchmark needs, the runner writes the official
+"no answer": the whole clip for moments (the official files require a window), an empty box
+for RefCOCO (IoU 0, as an unparseable answer), empty masks for MeViS. These items are counted
+under "no_head" in metrics.json. Predictions that cover only part of the ground truth (--limit)
+are scored over the predicted items only (`partial: true`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tpo.data.records import Record
+from tpo.eval.runner_io import JsonlLog, save_mask_png, write_json_atomic, write_text_atomic
+
+CLIP_SECONDS = 2.0  # QVHighlights saliency clips
+ANSWER_LETTER = re.compile(r"^\s*\(?([A-Ja-j])\)?(?:[\s.:,]|$)")
+
+
+class ModelPredictor:
+    """A loaded model + prompt collator answering batches of samples (tpo.infer.predict)."""
+
+    def __init__(self, model, collator, num_frames: int, img_size: int, max_new_tokens: int = 32):
+        self.model, self.collator = model, collator
+        self.num_frames, self.img_size, self.max_new_tokens = num_frames, img_size, max_new_tokens
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | Path, device: str = "cpu") -> ModelPredictor:
+        """Load an inference folder (or a training checkpoint) and its config.yaml."""
+        from tpo.config import TPOConfig, load_config
+        from tpo.model.prompt import PromptCollator
+        from tpo.train.export import load_inference_model
+
+        folder = Path(folder)
+        cfg = load_config(TPOConfig, [folder / "config.yaml"])
+        model = load_inference_model(folder, device=device)
+        llm = cfg.model.llm
+        collator = PromptCollator(model.mllm.tokenizer, num_visual_tokens=model.mllm.num_visual_tokens,
+                                  max_len=llm.max_text_len, template=llm.template,
+                                  system_msg=llm.system_msg)
+        return cls(model, collator, cfg.data.num_frames, cfg.model.vision.img_size)
+
+    def __call__(self, samples: list, questions: list[str],
+                 mask_frames: list[torch.Tensor | None] | None = None) -> list:
+        """Predictions for samples (tpo.data.dataset.Sample) asked `questions`."""
+        from tpo.infer.predict import predict
+
+        return predict(self.model, self.collator, torch.stack([s.frames for s in samples]),
+                       questions, [s.record.video for s in samples], [s.duration for s in samples],
+                       box_frames=[s.box_frame or 0 for s in samples], mask_frames=mask_frames,
+                       max_new_tokens=self.max_new_tokens)
+
+
+# ----------------------------------------------------------------------------- per benchmark
+
+
+def _windows(sample, pred) -> tuple[list[list[float]], bool]:
+    """Predicted windows [[s, e, score]] in video seconds; the whole clip when none."""
+    if pred.windows:
+        return [[sample.clip_start + w[0], sample.clip_start + w[1], float(w[2])]
+                for w in pred.windows], False
+    return [[sample.clip_start, sample.clip_start + sample.duration, 0.0]], True
+
+
+def _clip_saliency(record: Record, sample, pred) -> list[float]:
+    """Saliency per 2-s clip (int(duration / 2) clips), read off the head's frame scores."""
+    n = max(1, int((record.duration or sample.duration) / CLIP_SECONDS))
+    if not pred.saliency:
+        return [0.0] * n
+    centres = sample.clip_start + (np.arange(n) + 0.5) * CLIP_SECONDS
+    times = np.asarray(pred.saliency_times, dtype=float) + sample.clip_start
+    return np.interp(centres, times, np.asarray(pred.saliency, dtype=float)).round(4).tolist()
+
+
+def _vid(record: Record) -> str:
+    return Path(record.video).stem
+
+
+def _moment_line(sample, pred, ctx) -> dict:
+    windows, missing = _windows(sample, pred)
+    line = {"qid": sample.record.qid, "vid": _vid(sample.record), "pred_relevant_windows": windows}
+    if ctx.get("saliency"):
+        line["pred_saliency_scores"] = _clip_saliency(sample.record, sample, pred)
+    return dict(line, no_head=True) if missing else line
+
+
+def _box_line(sample, pred, ctx) -> dict:
+    rec = sample.record
+    if pred.box is None:
+        return {"id": rec.qid, "bbox": [0.0, 0.0, 0.0, 0.0], "no_head": True}
+    x1, y1, x2, y2 = np.clip(np.asarray(pred.box, dtype=float), 0.0, 1.0)
+    x1, x2 = sorted((x1 * rec.width, x2 * rec.width))
+    y1, y2 = sorted((y1 * rec.height, y2 * rec.height))
+    return {"id": rec.qid, "bbox": [round(float(v), 2) for v in (x1, y1, x2, y2)]}
+
+
+def answer_index(text: str, options: list[str]) -> int:
+    """The option a generation names: its leading letter "(B)", else an option's exact text;
+    -1 when it names none (never equal to a GT answer)."""
+    m = ANSWER_LETTER.match(text)
+    if m and "ABCDEFGHIJ".index(m.group(1).upper()) < len(options):
+        return "ABCDEFGHIJ".index(m.group(1).upper())
+    lowered = [o.strip().lower() for o in options]
+    return lowered.index(text.strip().lower()) if text.strip().lower() in lowered else -1
+
+
+def _gqa_line(sample, pred, ctx) -> dict:
+    windows, missing = _windows(sample, pred)
+    line = {"key": sample.record.qid, "window": windows[0][:2],
+            "prediction": answer_index(pred.text, sample.record.options)}
+    return dict(line, no_head=True) if missing else line
+
+
+def _mc_line(sample, pred, ctx) -> dict:
+    return {"qid": sample.record.qid, "pred": pred.text}
+
+
+def _mask_line(sample, pred, ctx) -> dict:
+    from PIL import Image
+
+    rec = sample.record
+    vid, eid, names = ctx["expressions"][rec.qid]
+    shape = (rec.height, rec.width)
+    masks = pred.masks
+    if masks is None:
+        masks = np.zeros((len(names), *shape), dtype=bool)
+    folder = ctx["out"] / "masks" / vid / eid
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, mask in zip(names, np.asarray(masks, dtype=bool)):
+        if mask.shape != shape:  # the head predicted at another size: nearest resize
+            img = Image.fromarray(mask.astype(np.uint8) * 255).resize(shape[::-1], Image.NEAREST)
+            mask = np.asarray(img) > 0
+        save_mask_png(folder / f"{name}.png", mask)
+    line = {"qid": rec.qid, "vid": vid, "eid": eid}
+    return dict(line, no_head=True) if pred.masks is None else line
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """How one benchmark is read, asked, written and scored."""
+
+    fmt: str  # tpo.data.loaders format
+    id_key: str  # id field of the progress lines
+    log_name: str  # progress jsonl under --out (the prediction file itself where jsonl)
+    line: Callable  # (sample, prediction, ctx) -> progress line
+    scale: float = 1.0  # display factor to percent (scorers giving fractions: 100)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "qvhighlights": Benchmark("qvh", "qid", "predictions.jsonl", _moment_line),
+    "charades_sta": Benchmark("charades", "qid", "predictions.jsonl", _moment_line),
+    "refcoco": Benchmark("refcoco", "id", "predictions.jsonl", _box_line, 100.0),
+    "mevis": Benchmark("mevis", "qid", "done.jsonl", _mask_line, 100.0),
+    "nextgqa": Benchmark("nextgqa", "key", "progress.jsonl", _gqa_line),
+    "mvbench": Benchmark("mvbench", "qid", "predictions.jsonl", _mc_line),
+}
+HEADLINE = {  # metrics shown in the combined toy-world table
+    "qvhighlights": ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "HL-min-VeryGood-mAP",
+                     "HL-min-VeryGood-Hit1"),
+    "charades_sta": ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU"),
+    "refcoco": ("Acc@0.5", "mIoU"),
+    "mevis": ("J&F", "J", "F"),
+    "nextgqa": ("mIoP", "IoP@0.5", "mIoU", "Acc@QA", "Acc@GQA"),
+    "mvbench": ("Avg",),
+}
+
+
+def _context(name: str, annotations: Path, out: Path) -> dict:
+    ctx: dict = {"out": out}
+    if name == "qvhighlights":
+        ctx["saliency"] = True
+    if name == "mevis":  # qid "{vid}_{eid}" -> (vid, eid, frame names) from the GT itself
+        from tpo.eval.io import read_json
+
+        videos = read_json(annotations / "meta_expressions.json")["videos"]
+        ctx["expressions"] = {f"{vid}_{eid}": (vid, str(eid), [str(f) for f in v["frames"]])
+                              for vid, v in videos.items() for eid in v["expressions"]}
+    return ctx
+
+
+def _question(record: Record) -> str:
+    from tpo.data.templates import mc_prompt
+    from tpo.train.builders import question_text
+
+    if record.task == "gqa":  # the answer is an option: the question lists them as MVBench's
+        return mc_prompt(record.question, record.options)
+    return question_text(record)
+
+
+def _mask_frames(samples: list) -> list[torch.Tensor]:
+    from tpo.data.video import open_source
+
+    return [open_source(s.record.video).read(np.asarray(s.record.mask_frames)) for s in samples]
+
+
+def predict_pending(name: str, predictor, records: list[Record], log: JsonlLog, ctx: dict,
+                    batch_size: int) -> int:
+    """Predict `records` in batches, appending each batch's lines to `log`; returns model calls."""
+    from tpo.data.dataset import VideoTaskDataset
+
+    if not records:
+        return 0
+    spec = BENCHMARKS[name]
+    data = VideoTaskDataset(records, num_frames=predictor.num_frames, img_size=predictor.img_size,
+                            sampling="middle", seed=0, strict=True)
+    calls = 0
+    for start in tqdm(range(0, len(records), batch_size), desc=f"eval {name}", unit="batch"):
+        samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
+        frames = _mask_frames(samples) if name == "mevis" else None
+        preds = predictor(samples, [_question(s.record) for s in samples], mask_frames=frames)
+        calls += 1
+        log.append([spec.line(s, p, ctx) for s, p in zip(samples, preds)])
+    return calls
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _gt_and_options(name: str, annotations: Path, split: str, out: Path, done: dict,
+                    partial: bool) -> tuple[Path, dict]:
+    """The GT path the scorer reads and its options (partial: score the predicted items)."""
+    from tpo.eval.io import read_json
+
+    if name == "qvhighlights":
+        return annotations, {"match_number": False} if partial else {}
+    if name == "charades_sta":
+        return annotations, {"allow_missing": True} if partial else {}
+    if name == "mvbench":  # our answers read "(B) text": already the notebook's "(" + line
+        opts = {"raw_generation": False}
+        return annotations, dict(opts, missing="skip") if partial else opts
+    if name == "nextgqa":
+        opts = {"qa_gt": str(annotations / f"{split}.csv")}
+        return annotations / f"gsub_{split}.json", dict(opts, skip_missing=True) if partial else opts
+    if not partial:
+        return annotations, {}
+    subset = out / "gt_subset"
+    if name == "refcoco":
+        items = [o for o in read_json(annotations) if str(o.get("id")) in done]
+        return write_json_atomic(subset / annotations.name, items), {}
+    meta = read_json(annotations / "meta_expressions.json")  # mevis: only the done expressions
+    videos, keep = {}, set()
+    for line in done.values():
+        entry = meta["videos"][line["vid"]]
+        video = videos.setdefault(line["vid"], dict(entry, expressions={}))
+        video["expressions"][line["eid"]] = entry["expressions"][line["eid"]]
+        keep.update(str(a) for a in np.atleast_1d(entry["expressions"][line["eid"]]["anno_id"]))
+    masks = {k: v for k, v in read_json(annotations / "mask_dict.json").items() if k in keep}
+    write_json_atomic(subset / "meta_expressions.json", dict(meta, videos=videos))
+    write_json_atomic(subset / "mask_dict.json", masks)
+    return subset, {"allow_extra": True}  # folders of expressions begun but not finished
+
+
+def _prediction_path(name: str, out: Path, done: dict) -> Path:
+    if name == "mevis":
+        return out / "masks"
+    if name == "nextgqa":
+        preds = {k: {"window": v["window"], "prediction": v["prediction"]} for k, v in done.items()}
+        return write_json_atomic(out / "predictions.json", preds)
+    return out / BENCHMARKS[name].log_name
+
+
+def metrics_markdown(name: str, metrics: dict[str, float]) -> str:
+    """A two-column markdown table of one benchmark's metrics (the scorer's scale)."""
+    rows = "".join(f"| {k} | {v:.2f} |\n" for k, v in metrics.items())
+    return f"## {name}\n\n| metric | value |\n|---|---|\n{rows}"
+
+
+def run_benchmark(name: str, predictor, annotations: str | Path, videos: str | Path,
+                  out: str | Path, *, split: str = "test", limit: int | None = None,
+                  batch_size: int = 4, checkpoint: str | None = None) -> dict:
+    """Run, write predictions (resuming), score; writes metrics.json/.md under `out`.
+
+    Returns the metrics.json object: {benchmark, metrics, n_gt, n_predicted, partial, no_head,
+    model_calls, predictions, scorer_options, ...}.
+    """
+    from tpo.data.loaders import load_annotation
+    from tpo.data.records import LoadReport
+    from tpo.eval.scorers import get_scorer
+
+    if name not in BENCHMARKS:
+        raise KeyError(f"no runner for benchmark {name!r}; runners: {', '.join(BENCHMARKS)}")
+    spec, annotations, out = BENCHMARKS[name], Path(annotations), Path(out)
+    scorer = get_scorer(name)  # fails early when the scorer module is missing
+    records = load_annotation(spec.fmt, annotations, videos, split=split, strict=True,
+                              report=LoadReport(), dataset=name)
+    out.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(out / spec.log_name, spec.id_key)
+    done = log.recover()
+    known = {r.qid for r in records}
+    stray = [k for k in done if k not in known]
+    if stray:
+        raise ValueError(f"{log.path}: ids {stray[:5]} are not in {annotations}; use another --out")
+    wanted = records[:limit] if limit is not None else records
+    ctx = _context(name, annotations, out)
+    calls = predict_pending(name, predictor, [r for r in wanted if r.qid not in done], log, ctx,
+                            batch_size)
+    done = log.recover()
+    partial = len(done) < len(records)
+    gt, options = _gt_and_options(name, annotations, split, out, done, partial)
+    pred_path = _prediction_path(name, out, done)
+    metrics = scorer(gt, pred_path, **options)
+    result = {"benchmark": name, "metrics": metrics, "n_gt": len(records),
+              "n_predicted": len(done), "partial": partial,
+              "no_head": sum(bool(v.get("no_head")) for v in done.values()),
+              "model_calls": calls, "predictions": str(pred_path), "gt": str(gt),
+              "scorer_options": options, "checkpoint": checkpoint, "split": split}
+    write_json_atomic(out / "metrics.json", result)
+    write_text_atomic(out / "metrics.md", metrics_markdown(name, metrics))
+    return result
+
+
+# ----------------------------------------------------------------------------- toy world suite
+
+TOYWORLD_FILES = {  # benchmark -> annotation under {root}/annotations
+    "qvhighlights": "qvh_{split}.jsonl",
+    "charades_sta": "charades_{split}.txt",
+    "refcoco": "refcoco_{split}.json",
+    "mevis": "mevis_{split}",
+    "nextgqa": "nextgqa_{split}",
+    "mvbench": "mvbench_{split}.json",
+}
+
+
+def suite_markdown(results: dict[str, dict]) -> str:
+    """One markdown table of the headline metrics (percent) of every benchmark run; "no head":
+    items answered with the runner's fallback because the model fired no head."""
+    lines = ["| benchmark | n | no head | metric | value (%) |", "|---|---|---|---|---|"]
+    for name, res in results.items():
+        if "skipped" in res:
+            lines.append(f"| {name} | - | - | skipped: {res['skipped']} | - |")
+            continue
+        scale, n, none = BENCHMARKS[name].scale, res["n_predicted"], res["no_head"]
+        for key in HEADLINE[name]:
+            if key in res["metrics"]:
+                value = res["metrics"][key] * scale
+                lines.append(f"| {name} | {n} | {none} | {key} | {value:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_toyworld_suite(checkpoint: str | Path, root: str | Path, out: str | Path,
+                       limit: int | None = None, *, split: str = "test", batch_size: int = 4,
+                       predictor=None) -> dict:
+    """Every runner the toy world supports on its `split`; returns {benchmark: metrics.json
+    object, or {"skipped": reason}} and writes the combined table to `{out}/metrics.md`."""
+    import importlib
+    import importlib.util
+
+    from tpo.eval.scorers import SCORERS
+
+    root, out = Path(root), Path(out)
+    predictor = predictor or ModelPredictor.from_checkpoint(checkpoint)
+    results: dict[str, dict] = {}
+    for name, file in TOYWORLD_FILES.items():
+        annotations = root / "annotations" / file.format(split=split)
+        module = SCORERS[name].split(":")[0]
+        if importlib.util.find_spec(module) is None:
+            results[name] = {"skipped": f"scorer module {module} not available"}
+        elif not annotations.exists():
+            results[name] = {"skipped": f"{annotations} not found"}
+        else:
+            results[name] = run_benchmark(name, predictor, annotations, root / "videos", out / name,
+                                          split=split, limit=limit, batch_size=batch_size,
+                                          checkpoint=str(checkpoint))
+    write_json_atomic(out / "metrics.json", results)
+    write_text_atomic(out / "metrics.md", suite_markdown(results))
+    return results

@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(BUILD)/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install assets data demo test lint format stage1 stage2 stage3 ask eval bench popen clean
+.PHONY: install assets data demo test lint format stage1 stage2 stage3 ask learning eval bench clean
 
 install: $(STAMP)
 
@@ -51,9 +51,24 @@ stage2: data
 stage3: data
 	$(TPO) train --stage 3 $(STAGE_ARGS) $(ARGS)
 
+CKPT ?= outputs/stage3/final
+ASK_VIDEO ?= $(DATA)/videos/toy_00160.mp4
+
+# Three toy-world questions, one per head, with pictures under outputs/ask/.
+ask: data
+	$(TPO) ask $(ASK_VIDEO) "When does 'the green circle moves down' happen in the video?" --checkpoint $(CKPT) --out outputs/ask/temporal
+	$(TPO) ask $(ASK_VIDEO) "Where is the green circle at 3.0 seconds?" --checkpoint $(CKPT) --out outputs/ask/region
+	$(TPO) ask $(ASK_VIDEO) "Track the green circle through the video." --checkpoint $(CKPT) --out outputs/ask/mask
+
+# The trained model against the untrained one and a prior-only baseline on the test split.
+learning: data
+	$(PY) bench/learning.py --checkpoint $(CKPT)
+
 demo: data
 	$(TPO) toyworld --summary --out $(DATA)
 	$(MAKE) stage1 stage2 stage3
+	$(MAKE) ask
+	$(MAKE) learning
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python bench/heads.py [configs/tiny/model.yaml configs/tiny/heads.yaml]
 Temporal and region heads are timed when their modules exist; the mask head is SAM2 hiera-t
-with random weights (cold: image encoder run; warm: features from the cache). CPU, 1 thread
-unless OMP_NUM_THREADS / torch say otherwise. Prints median milliseconds over repeats.
+with random weights (cold: image encoder run; cached: features from the LRU cache). CPU, with
+torch's thread count (OMP_NUM_THREADS). Prints median milliseconds over repeats.
 """
 
 from __future__ import annotations

@@ -46,8 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     trained = load_inference_model(ckpt)
     untrained = build_train_model(cfg, get_stage(3)).float().eval()
     llm = cfg.model.llm
-    collator = PromptCollator(trained.mllm.tokenizer, trained.mllm.num_visual_tokens,
-                              llm.max_text_len, llm.template, llm.system_msg)
+    collator = PromptCollator(
+        trained.mllm.tokenizer,
+        trained.mllm.num_visual_tokens,
+        llm.max_text_len,
+        llm.template,
+        llm.system_msg,
+    )
     rows = {
         "untrained": evaluate(untrained, collator, cfg, test, desc="untrained"),
         "prior only": evaluate_prior(Prior.fit(train), test),

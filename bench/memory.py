@@ -22,8 +22,6 @@ GIB = 1024**3
 
 def count_groups(cfg_path: Path, stage_number: int) -> tuple[int, int, dict[str, int]]:
     """(all params, trainable params, trainable per group) of the stage's model on meta."""
-    import torch
-
     from tpo.config import TPOConfig, load_config
     from tpo.heads.build import build_heads
     from tpo.model.build import build_mllm
@@ -31,9 +29,9 @@ def count_groups(cfg_path: Path, stage_number: int) -> tuple[int, int, dict[str,
 
     cfg = load_config(TPOConfig, [cfg_path])
     mllm = build_mllm(cfg.model, meta=True)
-    heads_cfg = cfg.model.heads
-    with torch.device("meta"):
-        heads = build_heads(heads_cfg, mllm.llm.width, mllm.vision.width)
+    # SAM2's Hiera cannot be built on the meta device (it calls .item() while building), so the
+    # heads are built for real: at full size about 0.9 GB of fp32 weights, a few seconds.
+    heads = build_heads(cfg.model.heads, mllm.llm.width, mllm.vision.width)
     groups = dict(mllm.trainable_groups())
     for h in heads.values():
         groups.update(h.trainable_groups())
@@ -62,16 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", default=str(ROOT / "configs" / "full"))
     parser.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args(argv)
-    print(f"{'stage':<6}{'trainable':>12}{'of total':>12}  {'ZeRO':<5}{'GPUs':>5}"
-          f"{'params':>9}{'grads':>8}{'optim':>8}{'sum GiB':>9}")
+    print(
+        f"{'stage':<6}{'trainable':>12}{'of total':>12}  {'ZeRO':<5}{'GPUs':>5}"
+        f"{'params':>9}{'grads':>8}{'optim':>8}{'sum GiB':>9}"
+    )
     for n_stage in (1, 2, 3):
         cfg = Path(args.config_dir) / f"stage{n_stage}.yaml"
         total, trainable, per = count_groups(cfg, n_stage)
         for zero in (2, 3):
             for n in args.gpus:
                 p, g, o = per_gpu(total, trainable, zero, n)
-                print(f"{n_stage:<6}{trainable / 1e6:>11.1f}M{total / 1e9:>11.2f}B  {zero:<5}{n:>5}"
-                      f"{p:>9.2f}{g:>8.2f}{o:>8.2f}{p + g + o:>9.2f}")
+                print(
+                    f"{n_stage:<6}{trainable / 1e6:>11.1f}M{total / 1e9:>11.2f}B  {zero:<5}{n:>5}"
+                    f"{p:>9.2f}{g:>8.2f}{o:>8.2f}{p + g + o:>9.2f}"
+                )
         print("       groups: " + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in per.items()))
     return 0
 

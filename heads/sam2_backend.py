@@ -9,6 +9,7 @@ is built inside a scoped Hydra context that restores whatever Hydra state existe
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import os
@@ -181,27 +182,46 @@ class SAM2Backend(nn.Module):
         return list(self.sam.sam_mask_decoder.parameters())
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.sam.no_mem_embed.dtype
-
-    @property
     def device(self) -> torch.device:
         return self.sam.no_mem_embed.device
 
-    def _precision(self) -> torch.autocast:
-        """Autocast to the weights' dtype when SAM2 is in bf16/fp16: SAM2 builds fp32 tensors
-        internally (positional encodings, predictor images) that would not match them."""
-        low = self.dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=low)
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        return self.sam.sam_mask_decoder.iou_token.weight.dtype
+
+    def _frozen_tensors(self) -> Iterator[Tensor]:
+        decoder = self.sam.sam_mask_decoder
+        for child in self.sam.children():
+            if child is not decoder or not self.train_decoder:
+                yield from child.parameters()
+                yield from child.buffers()
+        yield from self.sam.parameters(recurse=False)
+        yield from self.sam.buffers(recurse=False)
+
+    def _frozen_fp32(self) -> None:
+        """Put SAM2's frozen tensors back in fp32 if the model was cast (a bf16 engine casts
+        every parameter): SAM2 makes fp32 tensors inside (positional encodings, the video
+        predictor's images) that bf16 weights would not match. Frozen tensors are in no
+        optimizer, so re-casting them in place is safe; a trainable decoder keeps its dtype."""
+        for t in self._frozen_tensors():
+            if t.is_floating_point() and t.dtype != torch.float32:
+                t.data = t.data.float()
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast over fp32 weights on CUDA, SAM2's own way of running fast."""
+        on_cuda = self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda)
 
     def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:
         """Raw FPN features of `[k, 3, H, W]` frames, one `(l0, l1, l2)` tuple per frame."""
-        x = to_sam_input(frames.to(self.device), self.image_size).to(self.dtype)
-        with torch.no_grad(), self._precision():
+        self._frozen_fp32()
+        x = to_sam_input(frames.to(self.device), self.image_size)
+        with torch.no_grad(), self._autocast():
             fpn = self.sam.image_encoder(x)["backbone_fpn"]
         self.encoder_calls += len(frames)
         levels = fpn[-self.sam.num_feature_levels :]
-        return [tuple(level[i] for level in levels) for i in range(len(frames))]
+        # copies, so that evicting one frame from the cache frees its memory
+        return [tuple(level[i].clone() for level in levels) for i in range(len(frames))]
 
     def image_features(
         self, frames: Tensor, keys: Sequence[Hashable] | None = None
@@ -223,13 +243,13 @@ class SAM2Backend(nn.Module):
                 per_frame[i] = feats
                 if use_cache:
                     self.cache.put(keys[i], feats)
-        l0, l1, l2 = (torch.stack([f[j] for f in per_frame]) for j in range(3))
+        dtype = self.decoder_dtype
+        l0, l1, l2 = (torch.stack([f[j] for f in per_frame]).to(dtype) for j in range(3))
         decoder = self.sam.sam_mask_decoder
-        with self._precision():
-            high_res = [decoder.conv_s0(l0), decoder.conv_s1(l1)]
+        high_res = [decoder.conv_s0(l0), decoder.conv_s1(l1)]
         embed = l2
         if self.sam.directly_add_no_mem_embed:  # as SAM2 does for frames without memory
-            embed = embed + self.sam.no_mem_embed.view(1, -1, 1, 1)
+            embed = embed + self.sam.no_mem_embed.view(1, -1, 1, 1).to(dtype)
         return ImageFeatures(embed, high_res)
 
     def no_mask_dense(self, n: int) -> Tensor:
@@ -244,39 +264,44 @@ class SAM2Backend(nn.Module):
         k = feats.embed.shape[0]
         if sparse.shape[0] != k:
             raise ValueError(f"decode: {sparse.shape[0]} prompts for {k} frames")
+        self._frozen_fp32()
         dense = self.no_mask_dense(k) if dense is None else dense
-        with self._precision():
-            logits, _, _, _ = self.sam.sam_mask_decoder(
-                image_embeddings=feats.embed,
-                image_pe=self.sam.sam_prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse.to(feats.embed.dtype),
-                dense_prompt_embeddings=dense.to(feats.embed.dtype),
-                multimask_output=False,
-                repeat_image=False,
-                high_res_features=feats.high_res,
-            )
+        dtype = self.decoder_dtype
+        logits, _, _, _ = self.sam.sam_mask_decoder(
+            image_embeddings=feats.embed,
+            image_pe=self.sam.sam_prompt_encoder.get_dense_pe().to(dtype),
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=False,
+            repeat_image=False,
+            high_res_features=feats.high_res,
+        )
         return logits[:, 0]
 
     @torch.no_grad()
     def box_embedding(self, boxes: Tensor) -> Tensor:
         """SAM2's prompt-encoder embedding `[n, 3, 256]` of normalised xyxy `boxes [n, 4]`:
         two corner points (labels 2, 3) + the padding point, as SAM2 embeds a lone box."""
-        s = self.image_size
-        corners = boxes.to(self.device, self.dtype).view(-1, 2, 2) * s
+        self._frozen_fp32()
+        corners = boxes.to(self.device, torch.float32).view(-1, 2, 2) * self.image_size
         labels = torch.tensor([[2, 3]], dtype=torch.int32, device=self.device).expand(len(boxes), 2)
-        with self._precision():
-            sparse, _ = self.sam.sam_prompt_encoder(
-                points=(corners, labels), boxes=None, masks=None
-            )
+        sparse, _ = self.sam.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
         return sparse
 
     @contextlib.contextmanager
-    def _all_eval(self) -> Iterator[None]:
+    def _predictor_ready(self) -> Iterator[None]:
+        """SAM2 in eval and fp32 for its video predictor; a low-precision trainable decoder is
+        swapped for an fp32 copy meanwhile (its own parameters are left untouched)."""
         was = self.training
+        self._frozen_fp32()
+        decoder = self.sam.sam_mask_decoder
+        if self.decoder_dtype != torch.float32:
+            self.sam.sam_mask_decoder = copy.deepcopy(decoder).float()
         self.sam.sam_mask_decoder.eval()
         try:
             yield
         finally:
+            self.sam.sam_mask_decoder = decoder
             self.train(was)
 
     def propagate(
@@ -304,8 +329,8 @@ class SAM2Backend(nn.Module):
         out = torch.zeros(num, h, w, dtype=torch.bool)
         with (
             tempfile.TemporaryDirectory(prefix="tpo_sam2_") as folder,
-            self._all_eval(),
-            self._precision(),
+            self._predictor_ready(),
+            self._autocast(),
         ):
             _write_jpegs(frames, folder)
             state = self.sam.init_state(folder, offload_video_to_cpu=True)

@@ -109,7 +109,9 @@ class TemporalCriterion(nn.Module):
         classes = torch.ones(logits.shape[:2], dtype=torch.long, device=logits.device)  # no-object
         classes[batch_idx, src_idx] = 0
         weight = self.empty_weight.to(logits.device)
-        ce = F.cross_entropy(logits.float().transpose(1, 2), classes, weight.float(), reduction="none")
+        ce = F.cross_entropy(
+            logits.float().transpose(1, 2), classes, weight.float(), reduction="none"
+        )
         return {"loss_span": loss_span, "loss_giou": loss_giou, "loss_label": ce.mean()}
 
     def _saliency_labels(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tpo.eval.runner_io import JsonlLog
 from tpo.eval.runners import (
@@ -46,8 +47,11 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_train_model(cfg, get_stage(3))
     folder = tmp_path_factory.mktemp("ckpt")
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith("criterion")}
+    state = {
+        k: v.detach().clone().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("criterion")
+    }
     save_file(state, str(folder / "model.safetensors"))
     (folder / "config.yaml").write_text(to_yaml(cfg))
     return folder
@@ -79,8 +83,12 @@ class Oracle:
             if rec.masks is not None:
                 assert mask_frames[i].shape[0] == len(rec.mask_frames)
                 empty = np.zeros((rec.height, rec.width), bool)
-                p.masks = np.stack([mask_utils.decode(rec.masks[f]).astype(bool)
-                                    if f in rec.masks else empty for f in rec.mask_frames])
+                p.masks = np.stack(
+                    [
+                        mask_utils.decode(rec.masks[f]).astype(bool) if f in rec.masks else empty
+                        for f in rec.mask_frames
+                    ]
+                )
             out.append(p)
         return out
 
@@ -103,8 +111,9 @@ EXPECT_PERFECT = {  # metric key -> its value for perfect predictions (scorer's 
 def test_oracle_predictions_score_perfectly(world, tmp_path, name):
     """Ground truth passed through the runner's conversions (clip offsets, normalised boxes to
     pixels, answer letters, mask PNG names) must score perfectly: the files are right."""
-    res = run_benchmark(name, Oracle(), annotations(world, name), world / "videos", tmp_path,
-                        batch_size=3)
+    res = run_benchmark(
+        name, Oracle(), annotations(world, name), world / "videos", tmp_path, batch_size=3
+    )
     key, value = EXPECT_PERFECT[name]
     assert res["metrics"][key] == pytest.approx(value)
     assert not res["partial"] and res["no_head"] == 0 and res["n_predicted"] == res["n_gt"]
@@ -113,37 +122,40 @@ def test_oracle_predictions_score_perfectly(world, tmp_path, name):
 
 
 def test_random_model_suite(world, checkpoint, tmp_path):
-    """A random tiny model: every runner writes files its scorer accepts (no scorer options
-    needed beyond the documented ones) and one combined table."""
+    """A random tiny model (2 questions per benchmark, one model call each): every runner
+    writes files its scorer accepts and one combined table."""
     predictor = ModelPredictor.from_checkpoint(checkpoint)
-    results = run_toyworld_suite(checkpoint, world, tmp_path, predictor=predictor)
+    results = run_toyworld_suite(
+        checkpoint, world, tmp_path, limit=2, batch_size=2, predictor=predictor
+    )
     assert set(results) == set(BENCHMARKS)
     table = (tmp_path / "metrics.md").read_text()
     for name, res in results.items():
         assert "skipped" not in res, res
-        assert res["n_predicted"] == res["n_gt"] and not res["partial"]
-        again = get_scorer(name)(Path(res["gt"]), Path(res["predictions"]),
-                                 **res["scorer_options"])
+        assert res["n_predicted"] == 2 and res["partial"] and res["model_calls"] == 1
+        again = get_scorer(name)(Path(res["gt"]), Path(res["predictions"]), **res["scorer_options"])
         assert again == res["metrics"]
         assert f"| {name} |" in table
     # the mask head is off: MeViS gets empty masks, counted as answered without the head
-    assert results["mevis"]["no_head"] == results["mevis"]["n_gt"]
+    assert results["mevis"]["no_head"] == 2
     pngs = list((tmp_path / "mevis" / "masks").rglob("*.png"))
-    assert pngs and all(np.asarray(__import__("PIL.Image").Image.open(p)).max() == 0 for p in pngs)
+    assert pngs and all(np.asarray(Image.open(p)).max() == 0 for p in pngs)
 
 
 def test_resume_keeps_done_predictions(world, tmp_path):
     name = "mvbench"
     first = Oracle()
-    res = run_benchmark(name, first, annotations(world, name), world / "videos", tmp_path,
-                        limit=2, batch_size=3)
+    res = run_benchmark(
+        name, first, annotations(world, name), world / "videos", tmp_path, limit=2, batch_size=3
+    )
     pred = tmp_path / "predictions.jsonl"
     head = pred.read_text()
     assert first.asked == ["0", "1"] and res["partial"] and res["n_predicted"] == 2
     assert res["metrics"]["Avg"] == 100.0  # scored over the 2 predicted questions only
     second = Oracle()
-    res = run_benchmark(name, second, annotations(world, name), world / "videos", tmp_path,
-                        batch_size=3)
+    res = run_benchmark(
+        name, second, annotations(world, name), world / "videos", tmp_path, batch_size=3
+    )
     n = res["n_gt"]
     assert second.asked == [str(i) for i in range(2, n)]  # the first two were not recomputed
     assert pred.read_text().startswith(head)
@@ -186,8 +198,9 @@ def test_jsonl_log_rejects_corrupt_complete_lines(tmp_path):
 def test_stray_ids_in_out_folder_raise(world, tmp_path):
     (tmp_path / "predictions.jsonl").write_text('{"qid": "not-a-question", "pred": "(A)"}\n')
     with pytest.raises(ValueError, match="not-a-question"):
-        run_benchmark("mvbench", Oracle(), annotations(world, "mvbench"), world / "videos",
-                      tmp_path)
+        run_benchmark(
+            "mvbench", Oracle(), annotations(world, "mvbench"), world / "videos", tmp_path
+        )
 
 
 def test_answer_index():
@@ -203,8 +216,19 @@ def test_cli_runs_and_reports_errors(world, checkpoint, tmp_path, capsys):
     from tpo.cli import main
 
     ann = annotations(world, "charades_sta")
-    args = ["eval", "run", "charades_sta", "--checkpoint", str(checkpoint), "--annotations",
-            str(ann), "--videos", str(world / "videos"), "--out", str(tmp_path)]
+    args = [
+        "eval",
+        "run",
+        "charades_sta",
+        "--checkpoint",
+        str(checkpoint),
+        "--annotations",
+        str(ann),
+        "--videos",
+        str(world / "videos"),
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| MR-full-mIoU |" in out and (tmp_path / "metrics.json").is_file()

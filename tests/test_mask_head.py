@@ -46,6 +46,15 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """SAM2 at this size runs fastest single-threaded on a shared CPU (threads contend)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def head():
     torch.manual_seed(0)
@@ -269,3 +278,22 @@ def test_building_restores_foreign_hydra_state(tmp_path):
             assert compose(config_name="mine").a == 1  # the foreign config search path is back
     finally:
         restore_gh_from_backup(backup)
+
+
+def test_bf16_cast_keeps_frozen_sam2_in_fp32():
+    bf16 = build_mask_head(TINY, D_LLM).to(torch.bfloat16)
+    for p in bf16.parameters():  # DeepSpeed's bf16 mode casts parameters in place like this
+        p.data = p.data.to(torch.bfloat16)
+    frames, masks = toy_video()
+    query = torch.randn(1, D_LLM, dtype=torch.bfloat16, requires_grad=True)
+    bf16.train()
+    out = bf16(query, [frames[:1]])
+    crit = build_mask_criterion(TINY)
+    weighted_sum(crit(out, [{"masks": masks[:1]}]), crit.weight_dict).backward()
+    sam = bf16.backend.sam
+    assert query.grad.abs().sum() > 0
+    assert sam.sam_mask_decoder.iou_token.weight.dtype == torch.bfloat16  # trainable: as cast
+    assert all(p.dtype == torch.float32 for p in sam.image_encoder.parameters())
+    masks_out = bf16.propagate(query[0].detach(), frames[:2])
+    assert masks_out.shape == (2, H, W)
+    assert sam.sam_mask_decoder.iou_token.weight.dtype == torch.bfloat16  # put back after

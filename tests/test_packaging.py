@@ -31,7 +31,15 @@ def test_bare_heads_import_is_banned_by_ruff(tmp_path):
     bad.write_text("import heads\n")
     ruff = Path(sys.executable).parent / "ruff"
     res = subprocess.run(
-        [str(ruff), "check", "--config", str(ROOT / "pyproject.toml"), "--select", "TID251", str(bad)],
+        [
+            str(ruff),
+            "check",
+            "--config",
+            str(ROOT / "pyproject.toml"),
+            "--select",
+            "TID251",
+            str(bad),
+        ],
         capture_output=True,
         text=True,
     )

@@ -50,6 +50,15 @@ def test_bad_inputs():
         boxes_from_masks(_masks(), fmt="cxcywh")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """SAM2 at this size runs fastest single-threaded on a shared CPU (threads contend)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def backend():
     cfg = MaskHeadConfig("configs/sam2.1/sam2.1_hiera_t.yaml", None, 256, train_decoder=False)

@@ -33,7 +33,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         for key in ("train_sampling", "eval_sampling"):
             if getattr(self, key) not in ("rand", "middle"):
-                raise ValueError(f"data.{key} must be 'rand' or 'middle', got {getattr(self, key)!r}")
+                raise ValueError(
+                    f"data.{key} must be 'rand' or 'middle', got {getattr(self, key)!r}"
+                )
 
 
 @dataclass
@@ -70,7 +72,9 @@ class TrainConfig:
         if self.max_steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
             raise ValueError("train.max_steps, train.micro_batch and train.grad_accum must be >= 1")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("train.min_lr_ratio must be in [0, 1] and train.warmup_ratio in [0, 1)")
+            raise ValueError(
+                "train.min_lr_ratio must be in [0, 1] and train.warmup_ratio in [0, 1)"
+            )
 
 
 @dataclass

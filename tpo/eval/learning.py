@@ -32,9 +32,15 @@ def load_split(root: str | Path, split: str, limit: int | None = None) -> dict[s
     root = Path(root)
     out = {}
     for task, (fmt, name) in TEST_FILES.items():
-        recs = load_annotation(fmt, root / "annotations" / name.format(split=split),
-                               root / "videos", split=split, strict=True, report=LoadReport(),
-                               dataset=f"toy_{task}")
+        recs = load_annotation(
+            fmt,
+            root / "annotations" / name.format(split=split),
+            root / "videos",
+            split=split,
+            strict=True,
+            report=LoadReport(),
+            dataset=f"toy_{task}",
+        )
         out[task] = recs[:limit] if limit else recs
     return out
 
@@ -53,10 +59,15 @@ class Prior:
         """Fit the constants on training records."""
         from pycocotools import mask as mask_utils
 
-        spans = [((s + e) / 2 / r.duration, (e - s) / r.duration)
-                 for r in train["temporal"] for s, e in r.windows[:1]]
-        boxes = [[r.box[0] / r.width, r.box[1] / r.height, r.box[2] / r.width, r.box[3] / r.height]
-                 for r in train["region"]]
+        spans = [
+            ((s + e) / 2 / r.duration, (e - s) / r.duration)
+            for r in train["temporal"]
+            for s, e in r.windows[:1]
+        ]
+        boxes = [
+            [r.box[0] / r.width, r.box[1] / r.height, r.box[2] / r.width, r.box[3] / r.height]
+            for r in train["region"]
+        ]
         acc, n = None, 0
         for r in train["mask"]:
             for rle in r.masks.values():
@@ -64,22 +75,33 @@ class Prior:
                 acc = m if acc is None else acc + m
                 n += 1
         letters = Counter(r.answer.split(")")[0].strip("(") for r in train["mc"])
-        return cls(tuple(np.mean(spans, 0)), list(np.mean(boxes, 0)), (acc / max(n, 1)) >= 0.5,
-                   letters.most_common(1)[0][0])
+        return cls(
+            tuple(np.mean(spans, 0)),
+            list(np.mean(boxes, 0)),
+            (acc / max(n, 1)) >= 0.5,
+            letters.most_common(1)[0][0],
+        )
 
 
 def _samples(records: list[Record], cfg) -> VideoTaskDataset:
-    return VideoTaskDataset(records, num_frames=cfg.data.num_frames, img_size=cfg.model.vision.img_size,
-                            sampling="middle", seed=0, strict=True)
+    return VideoTaskDataset(
+        records,
+        num_frames=cfg.data.num_frames,
+        img_size=cfg.model.vision.img_size,
+        sampling="middle",
+        seed=0,
+        strict=True,
+    )
 
 
-def evaluate(model, collator, cfg, test: dict[str, list[Record]], batch_size: int = 8,
-             desc: str = "model") -> dict[str, float]:
+def evaluate(
+    model, collator, cfg, test: dict[str, list[Record]], batch_size: int = 8, desc: str = "model"
+) -> dict[str, float]:
     """The four metrics of `model` on the test records."""
     from tpo.eval.boxes import box_accuracy
+    from tpo.eval.mask_ops import video_jf
     from tpo.eval.moments import recall_at_1
     from tpo.eval.multiple_choice import multiple_choice_accuracy
-    from tpo.eval.video_masks import video_jf
     from tpo.infer.predict import predict
     from tpo.train.builders import collate_mask_frames, question_text
 
@@ -91,14 +113,22 @@ def evaluate(model, collator, cfg, test: dict[str, list[Record]], batch_size: in
             samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
             qs = [question_text(s.record) for s in samples]
             mframes = [collate_mask_frames(s)[0] for s in samples] if task == "mask" else None
-            out = predict(model, collator, torch.stack([s.frames for s in samples]), qs,
-                          [s.record.video for s in samples], [s.duration for s in samples],
-                          box_frames=[s.box_frame or 0 for s in samples], mask_frames=mframes)
+            out = predict(
+                model,
+                collator,
+                torch.stack([s.frames for s in samples]),
+                qs,
+                [s.record.video for s in samples],
+                [s.duration for s in samples],
+                box_frames=[s.box_frame or 0 for s in samples],
+                mask_frames=mframes,
+            )
             for s, p in zip(samples, out):
                 preds.append(p)
                 gts.append(s)
-        results.update(_score(task, preds, gts, recall_at_1, box_accuracy, video_jf,
-                              multiple_choice_accuracy))
+        results.update(
+            _score(task, preds, gts, recall_at_1, box_accuracy, video_jf, multiple_choice_accuracy)
+        )
     return results
 
 
@@ -121,30 +151,49 @@ def _score(task, preds, gts, recall_at_1, box_accuracy, video_jf, mc_accuracy) -
             scores.append((j + f) / 2)
         return {"mask J&F": 100 * float(np.mean(scores))}
     texts = [p.text for p in preds]
-    return {"MC accuracy": 100 * mc_accuracy(texts, [s.record.answer for s in gts], raw_generation=False)}
+    return {
+        "MC accuracy": 100
+        * mc_accuracy(texts, [s.record.answer for s in gts], raw_generation=False)
+    }
 
 
 def evaluate_prior(prior: Prior, test: dict[str, list[Record]]) -> dict[str, float]:
     """The four metrics of the constant predictions."""
-    from tpo.eval.boxes import box_accuracy
-    from tpo.eval.moments import recall_at_1
-    from tpo.eval.multiple_choice import multiple_choice_accuracy
-    from tpo.eval.video_masks import video_jf
     from pycocotools import mask as mask_utils
 
+    from tpo.eval.boxes import box_accuracy
+    from tpo.eval.mask_ops import video_jf
+    from tpo.eval.moments import recall_at_1
+    from tpo.eval.multiple_choice import multiple_choice_accuracy
+
     c, w = prior.span
-    top = np.array([[max(0.0, (c - w / 2) * r.duration), min(r.duration, (c + w / 2) * r.duration)]
-                    for r in test["temporal"]])
+    top = np.array(
+        [
+            [max(0.0, (c - w / 2) * r.duration), min(r.duration, (c + w / 2) * r.duration)]
+            for r in test["temporal"]
+        ]
+    )
     r1 = recall_at_1(top, [r.windows for r in test["temporal"]], 0.5)
-    gt_boxes = np.array([[r.box[0] / r.width, r.box[1] / r.height, r.box[2] / r.width,
-                          r.box[3] / r.height] for r in test["region"]])
+    gt_boxes = np.array(
+        [
+            [r.box[0] / r.width, r.box[1] / r.height, r.box[2] / r.width, r.box[3] / r.height]
+            for r in test["region"]
+        ]
+    )
     acc = box_accuracy(np.tile(prior.box, (len(gt_boxes), 1)), gt_boxes, 0.5)
     jfs = []
     for r in test["mask"]:
         gt = np.stack([mask_utils.decode(m).astype(bool) for m in r.masks.values()])
         j, f = video_jf(np.broadcast_to(prior.mask, gt.shape).copy(), gt)
         jfs.append((j + f) / 2)
-    mc = multiple_choice_accuracy([f"({prior.answer_letter})" for _ in test["mc"]],
-                                  [r.answer for r in test["mc"]], raw_generation=False)
-    return {"temporal R1@0.5": 100 * r1, "box Acc@0.5": 100 * acc,
-            "mask J&F": 100 * float(np.mean(jfs)), "MC accuracy": 100 * mc}
+    mc = multiple_choice_accuracy(
+        [f"({prior.answer_letter})" for _ in test["mc"]],
+        [r.answer for r in test["mc"]],
+        raw_generation=False,
+    )
+    return {
+        "temporal R1@0.5": 100 * r1,
+        "box Acc@0.5": 100 * acc,
+        "mask J&F": 100 * float(np.mean(jfs)),
+        "MC accuracy": 100 * mc,
+    }

@@ -1,5 +1,6 @@
-"""Crash-safe files of the benchmark runners: an append-only jsonl log of finished items and
-atomic whole-file writes (temp file + os.replace).
+"""Files of the benchmark runners: an append-only jsonl log of finished items, atomic
+whole-file writes (temp file + os.replace), the scorer's inputs (GT path + options, a GT subset
+for partial runs) and the metrics tables.
 
 A run appends each batch's lines with one write, then flush + fsync, so after a crash the file
 holds complete lines plus at most one truncated last line; `JsonlLog.recover` drops that line
@@ -85,7 +86,9 @@ class JsonlLog:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not a JSON line ({err}); expected a prediction") from err
+                raise ValueError(
+                    f"{where}: not a JSON line ({err}); expected a prediction"
+                ) from err
             if not isinstance(obj, dict) or self.id_key not in obj:
                 raise ValueError(f"{where}: expected a JSON object with key {self.id_key!r}")
             key = str(obj[self.id_key])
@@ -104,3 +107,46 @@ class JsonlLog:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+def scorer_inputs(
+    name: str, annotations: Path, split: str, out: Path, done: dict, partial: bool
+) -> tuple[Path, dict]:
+    """The GT path the scorer reads and its options (partial: score the predicted items)."""
+    from tpo.eval.io import read_json
+
+    if name == "qvhighlights":
+        return annotations, {"match_number": False} if partial else {}
+    if name == "charades_sta":
+        return annotations, {"allow_missing": True} if partial else {}
+    if name == "mvbench":  # our answers read "(B) text": already the notebook's "(" + line
+        opts = {"raw_generation": False}
+        return annotations, dict(opts, missing="skip") if partial else opts
+    if name == "nextgqa":
+        opts = {"qa_gt": str(annotations / f"{split}.csv")}
+        return annotations / f"gsub_{split}.json", dict(
+            opts, skip_missing=True
+        ) if partial else opts
+    if not partial:
+        return annotations, {}
+    subset = out / "gt_subset"
+    if name == "refcoco":
+        items = [o for o in read_json(annotations) if str(o.get("id")) in done]
+        return write_json_atomic(subset / annotations.name, items), {}
+    meta = read_json(annotations / "meta_expressions.json")  # mevis: only the done expressions
+    videos, keep = {}, set()
+    for line in done.values():
+        entry = meta["videos"][line["vid"]]
+        video = videos.setdefault(line["vid"], dict(entry, expressions={}))
+        video["expressions"][line["eid"]] = entry["expressions"][line["eid"]]
+        keep.update(str(a) for a in np.atleast_1d(entry["expressions"][line["eid"]]["anno_id"]))
+    masks = {k: v for k, v in read_json(annotations / "mask_dict.json").items() if k in keep}
+    write_json_atomic(subset / "meta_expressions.json", dict(meta, videos=videos))
+    write_json_atomic(subset / "mask_dict.json", masks)
+    return subset, {"allow_extra": True}  # folders of expressions begun but not finished
+
+
+def metrics_markdown(name: str, metrics: dict[str, float]) -> str:
+    """A two-column markdown table of one benchmark's metrics (the scorer's scale)."""
+    rows = "".join(f"| {k} | {v:.2f} |\n" for k, v in metrics.items())
+    return f"## {name}\n\n| metric | value |\n|---|---|\n{rows}"

@@ -31,7 +31,14 @@ import torch
 from tqdm import tqdm
 
 from tpo.data.records import Record
-from tpo.eval.runner_io import JsonlLog, save_mask_png, write_json_atomic, write_text_atomic
+from tpo.eval.runner_io import (
+    JsonlLog,
+    metrics_markdown,
+    save_mask_png,
+    scorer_inputs,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 CLIP_SECONDS = 2.0  # QVHighlights saliency clips
 ANSWER_LETTER = re.compile(r"^\s*\(?([A-Ja-j])\)?(?:[\s.:,]|$)")
@@ -55,20 +62,37 @@ class ModelPredictor:
         cfg = load_config(TPOConfig, [folder / "config.yaml"])
         model = load_inference_model(folder, device=device)
         llm = cfg.model.llm
-        collator = PromptCollator(model.mllm.tokenizer, num_visual_tokens=model.mllm.num_visual_tokens,
-                                  max_len=llm.max_text_len, template=llm.template,
-                                  system_msg=llm.system_msg)
+        collator = PromptCollator(
+            model.mllm.tokenizer,
+            num_visual_tokens=model.mllm.num_visual_tokens,
+            max_len=llm.max_text_len,
+            template=llm.template,
+            system_msg=llm.system_msg,
+        )
         return cls(model, collator, cfg.data.num_frames, cfg.model.vision.img_size)
 
-    def __call__(self, samples: list, questions: list[str],
-                 mask_frames: list[torch.Tensor | None] | None = None) -> list:
+    def __call__(
+        self,
+        samples: list,
+        questions: list[str],
+        mask_frames: list[torch.Tensor | None] | None = None,
+    ) -> list:
         """Predictions for samples (tpo.data.dataset.Sample) asked `questions`."""
         from tpo.infer.predict import predict
 
-        return predict(self.model, self.collator, torch.stack([s.frames for s in samples]),
-                       questions, [s.record.video for s in samples], [s.duration for s in samples],
-                       box_frames=[s.box_frame or 0 for s in samples], mask_frames=mask_frames,
-                       max_new_tokens=self.max_new_tokens)
+        return predict(
+            self.model,
+            self.collator,
+            torch.stack([s.frames for s in samples]),
+            questions,
+            [s.record.video for s in samples],
+            [s.duration for s in samples],
+            box_frames=[
+                len(s.frames) // 2 if s.box_frame is None else s.box_frame for s in samples
+            ],
+            mask_frames=mask_frames,
+            max_new_tokens=self.max_new_tokens,
+        )
 
 
 # ----------------------------------------------------------------------------- per benchmark
@@ -77,8 +101,9 @@ class ModelPredictor:
 def _windows(sample, pred) -> tuple[list[list[float]], bool]:
     """Predicted windows [[s, e, score]] in video seconds; the whole clip when none."""
     if pred.windows:
-        return [[sample.clip_start + w[0], sample.clip_start + w[1], float(w[2])]
-                for w in pred.windows], False
+        return [
+            [sample.clip_start + w[0], sample.clip_start + w[1], float(w[2])] for w in pred.windows
+        ], False
     return [[sample.clip_start, sample.clip_start + sample.duration, 0.0]], True
 
 
@@ -126,8 +151,11 @@ def answer_index(text: str, options: list[str]) -> int:
 
 def _gqa_line(sample, pred, ctx) -> dict:
     windows, missing = _windows(sample, pred)
-    line = {"key": sample.record.qid, "window": windows[0][:2],
-            "prediction": answer_index(pred.text, sample.record.options)}
+    line = {
+        "key": sample.record.qid,
+        "window": windows[0][:2],
+        "prediction": answer_index(pred.text, sample.record.options),
+    }
     return dict(line, no_head=True) if missing else line
 
 
@@ -175,8 +203,13 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mvbench": Benchmark("mvbench", "qid", "predictions.jsonl", _mc_line),
 }
 HEADLINE = {  # metrics shown in the combined toy-world table
-    "qvhighlights": ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "HL-min-VeryGood-mAP",
-                     "HL-min-VeryGood-Hit1"),
+    "qvhighlights": (
+        "MR-full-R1@0.5",
+        "MR-full-R1@0.7",
+        "MR-full-mAP",
+        "HL-min-VeryGood-mAP",
+        "HL-min-VeryGood-Hit1",
+    ),
     "charades_sta": ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU"),
     "refcoco": ("Acc@0.5", "mIoU"),
     "mevis": ("J&F", "J", "F"),
@@ -193,8 +226,11 @@ def _context(name: str, annotations: Path, out: Path) -> dict:
         from tpo.eval.io import read_json
 
         videos = read_json(annotations / "meta_expressions.json")["videos"]
-        ctx["expressions"] = {f"{vid}_{eid}": (vid, str(eid), [str(f) for f in v["frames"]])
-                              for vid, v in videos.items() for eid in v["expressions"]}
+        ctx["expressions"] = {
+            f"{vid}_{eid}": (vid, str(eid), [str(f) for f in v["frames"]])
+            for vid, v in videos.items()
+            for eid in v["expressions"]
+        }
     return ctx
 
 
@@ -213,16 +249,23 @@ def _mask_frames(samples: list) -> list[torch.Tensor]:
     return [open_source(s.record.video).read(np.asarray(s.record.mask_frames)) for s in samples]
 
 
-def predict_pending(name: str, predictor, records: list[Record], log: JsonlLog, ctx: dict,
-                    batch_size: int) -> int:
+def predict_pending(
+    name: str, predictor, records: list[Record], log: JsonlLog, ctx: dict, batch_size: int
+) -> int:
     """Predict `records` in batches, appending each batch's lines to `log`; returns model calls."""
     from tpo.data.dataset import VideoTaskDataset
 
     if not records:
         return 0
     spec = BENCHMARKS[name]
-    data = VideoTaskDataset(records, num_frames=predictor.num_frames, img_size=predictor.img_size,
-                            sampling="middle", seed=0, strict=True)
+    data = VideoTaskDataset(
+        records,
+        num_frames=predictor.num_frames,
+        img_size=predictor.img_size,
+        sampling="middle",
+        seed=0,
+        strict=True,
+    )
     calls = 0
     for start in tqdm(range(0, len(records), batch_size), desc=f"eval {name}", unit="batch"):
         samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
@@ -236,40 +279,6 @@ def predict_pending(name: str, predictor, records: list[Record], log: JsonlLog, 
 # ----------------------------------------------------------------------------- scoring
 
 
-def _gt_and_options(name: str, annotations: Path, split: str, out: Path, done: dict,
-                    partial: bool) -> tuple[Path, dict]:
-    """The GT path the scorer reads and its options (partial: score the predicted items)."""
-    from tpo.eval.io import read_json
-
-    if name == "qvhighlights":
-        return annotations, {"match_number": False} if partial else {}
-    if name == "charades_sta":
-        return annotations, {"allow_missing": True} if partial else {}
-    if name == "mvbench":  # our answers read "(B) text": already the notebook's "(" + line
-        opts = {"raw_generation": False}
-        return annotations, dict(opts, missing="skip") if partial else opts
-    if name == "nextgqa":
-        opts = {"qa_gt": str(annotations / f"{split}.csv")}
-        return annotations / f"gsub_{split}.json", dict(opts, skip_missing=True) if partial else opts
-    if not partial:
-        return annotations, {}
-    subset = out / "gt_subset"
-    if name == "refcoco":
-        items = [o for o in read_json(annotations) if str(o.get("id")) in done]
-        return write_json_atomic(subset / annotations.name, items), {}
-    meta = read_json(annotations / "meta_expressions.json")  # mevis: only the done expressions
-    videos, keep = {}, set()
-    for line in done.values():
-        entry = meta["videos"][line["vid"]]
-        video = videos.setdefault(line["vid"], dict(entry, expressions={}))
-        video["expressions"][line["eid"]] = entry["expressions"][line["eid"]]
-        keep.update(str(a) for a in np.atleast_1d(entry["expressions"][line["eid"]]["anno_id"]))
-    masks = {k: v for k, v in read_json(annotations / "mask_dict.json").items() if k in keep}
-    write_json_atomic(subset / "meta_expressions.json", dict(meta, videos=videos))
-    write_json_atomic(subset / "mask_dict.json", masks)
-    return subset, {"allow_extra": True}  # folders of expressions begun but not finished
-
-
 def _prediction_path(name: str, out: Path, done: dict) -> Path:
     if name == "mevis":
         return out / "masks"
@@ -279,15 +288,18 @@ def _prediction_path(name: str, out: Path, done: dict) -> Path:
     return out / BENCHMARKS[name].log_name
 
 
-def metrics_markdown(name: str, metrics: dict[str, float]) -> str:
-    """A two-column markdown table of one benchmark's metrics (the scorer's scale)."""
-    rows = "".join(f"| {k} | {v:.2f} |\n" for k, v in metrics.items())
-    return f"## {name}\n\n| metric | value |\n|---|---|\n{rows}"
-
-
-def run_benchmark(name: str, predictor, annotations: str | Path, videos: str | Path,
-                  out: str | Path, *, split: str = "test", limit: int | None = None,
-                  batch_size: int = 4, checkpoint: str | None = None) -> dict:
+def run_benchmark(
+    name: str,
+    predictor,
+    annotations: str | Path,
+    videos: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 4,
+    checkpoint: str | None = None,
+) -> dict:
     """Run, write predictions (resuming), score; writes metrics.json/.md under `out`.
 
     Returns the metrics.json object: {benchmark, metrics, n_gt, n_predicted, partial, no_head,
@@ -301,8 +313,9 @@ def run_benchmark(name: str, predictor, annotations: str | Path, videos: str | P
         raise KeyError(f"no runner for benchmark {name!r}; runners: {', '.join(BENCHMARKS)}")
     spec, annotations, out = BENCHMARKS[name], Path(annotations), Path(out)
     scorer = get_scorer(name)  # fails early when the scorer module is missing
-    records = load_annotation(spec.fmt, annotations, videos, split=split, strict=True,
-                              report=LoadReport(), dataset=name)
+    records = load_annotation(
+        spec.fmt, annotations, videos, split=split, strict=True, report=LoadReport(), dataset=name
+    )
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / spec.log_name, spec.id_key)
     done = log.recover()
@@ -312,18 +325,28 @@ def run_benchmark(name: str, predictor, annotations: str | Path, videos: str | P
         raise ValueError(f"{log.path}: ids {stray[:5]} are not in {annotations}; use another --out")
     wanted = records[:limit] if limit is not None else records
     ctx = _context(name, annotations, out)
-    calls = predict_pending(name, predictor, [r for r in wanted if r.qid not in done], log, ctx,
-                            batch_size)
+    calls = predict_pending(
+        name, predictor, [r for r in wanted if r.qid not in done], log, ctx, batch_size
+    )
     done = log.recover()
     partial = len(done) < len(records)
-    gt, options = _gt_and_options(name, annotations, split, out, done, partial)
+    gt, options = scorer_inputs(name, annotations, split, out, done, partial)
     pred_path = _prediction_path(name, out, done)
     metrics = scorer(gt, pred_path, **options)
-    result = {"benchmark": name, "metrics": metrics, "n_gt": len(records),
-              "n_predicted": len(done), "partial": partial,
-              "no_head": sum(bool(v.get("no_head")) for v in done.values()),
-              "model_calls": calls, "predictions": str(pred_path), "gt": str(gt),
-              "scorer_options": options, "checkpoint": checkpoint, "split": split}
+    result = {
+        "benchmark": name,
+        "metrics": metrics,
+        "n_gt": len(records),
+        "n_predicted": len(done),
+        "partial": partial,
+        "no_head": sum(bool(v.get("no_head")) for v in done.values()),
+        "model_calls": calls,
+        "predictions": str(pred_path),
+        "gt": str(gt),
+        "scorer_options": options,
+        "checkpoint": checkpoint,
+        "split": split,
+    }
     write_json_atomic(out / "metrics.json", result)
     write_text_atomic(out / "metrics.md", metrics_markdown(name, metrics))
     return result
@@ -357,9 +380,16 @@ def suite_markdown(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_toyworld_suite(checkpoint: str | Path, root: str | Path, out: str | Path,
-                       limit: int | None = None, *, split: str = "test", batch_size: int = 4,
-                       predictor=None) -> dict:
+def run_toyworld_suite(
+    checkpoint: str | Path,
+    root: str | Path,
+    out: str | Path,
+    limit: int | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 4,
+    predictor=None,
+) -> dict:
     """Every runner the toy world supports on its `split`; returns {benchmark: metrics.json
     object, or {"skipped": reason}} and writes the combined table to `{out}/metrics.md`."""
     import importlib
@@ -378,9 +408,17 @@ def run_toyworld_suite(checkpoint: str | Path, root: str | Path, out: str | Path
         elif not annotations.exists():
             results[name] = {"skipped": f"{annotations} not found"}
         else:
-            results[name] = run_benchmark(name, predictor, annotations, root / "videos", out / name,
-                                          split=split, limit=limit, batch_size=batch_size,
-                                          checkpoint=str(checkpoint))
+            results[name] = run_benchmark(
+                name,
+                predictor,
+                annotations,
+                root / "videos",
+                out / name,
+                split=split,
+                limit=limit,
+                batch_size=batch_size,
+                checkpoint=str(checkpoint),
+            )
     write_json_atomic(out / "metrics.json", results)
     write_text_atomic(out / "metrics.md", suite_markdown(results))
     return results

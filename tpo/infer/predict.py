@@ -62,8 +62,12 @@ def predict(
     b = len(questions)
     hist = history or [[] for _ in range(b)]
     text = collator.prompts([Turn(q, None, h) for q, h in zip(questions, hist)])
-    gen = model.mllm.generate(frames.to(device, dtype), text.input_ids.to(device),
-                              text.attention_mask.to(device), max_new_tokens=max_new_tokens)
+    gen = model.mllm.generate(
+        frames.to(device, dtype),
+        text.input_ids.to(device),
+        text.attention_mask.to(device),
+        max_new_tokens=max_new_tokens,
+    )
     preds = [Prediction(text=t) for t in gen.text]
     for k in range(len(gen.task_head)):
         i, name = int(gen.task_sample[k]), HEADS[int(gen.task_head[k])]
@@ -74,7 +78,9 @@ def predict(
         if name == "temporal" and not preds[i].windows:
             feats, stamps = model.temporal_features(videos[i], durations[i])
             out = model.heads["temporal"](
-                query, feats[None].to(device, dtype), stamps[None].to(device),
+                query,
+                feats[None].to(device, dtype),
+                stamps[None].to(device),
                 torch.tensor([durations[i]], device=device),
             )
             preds[i].windows = postprocess_spans(out, torch.tensor([durations[i]]), nms_iou)[0]
@@ -88,9 +94,13 @@ def predict(
                 f = (box_frames or [t // 2] * b)[i]
                 patches = per[i : i + 1, f]
             preds[i].box = model.heads["region"](query, patches).boxes[0].float().tolist()
-        elif name == "mask" and preds[i].masks is None and mask_frames and mask_frames[i] is not None:
+        elif (
+            name == "mask" and preds[i].masks is None and mask_frames and mask_frames[i] is not None
+        ):
             logits = model.heads["mask"](query, [mask_frames[i]], [videos[i]]).logits[0]
             size = tuple(mask_frames[i].shape[-2:])  # [k, h, w] low-res -> the frames' size
-            up = F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)
+            up = F.interpolate(
+                logits[:, None].float(), size=size, mode="bilinear", align_corners=False
+            )
             preds[i].masks = (up[:, 0] > 0).cpu().numpy()
     return preds

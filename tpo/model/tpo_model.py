@@ -51,8 +51,10 @@ class TrainBatch:
                 v = v.to(device, dtype) if f.name == "frames" else v.to(device)
             moved[f.name] = v
         moved["targets"] = [
-            {h: {k: (t.to(device) if torch.is_tensor(t) else t) for k, t in d.items()}
-             for h, d in tgt.items()}
+            {
+                h: {k: (t.to(device) if torch.is_tensor(t) else t) for k, t in d.items()}
+                for h, d in tgt.items()
+            }
             for tgt in self.targets
         ]
         return TrainBatch(**moved)
@@ -93,7 +95,9 @@ class TPOModel(nn.Module):
     def _temporal(self, batch: TrainBatch, hidden: torch.Tensor, samples: list[int]):
         feats, stamps, durs, masks = [], [], [], []
         for i in samples:
-            f, ts = self.temporal_features(batch.videos[i], batch.durations[i] + batch.clip_starts[i])
+            f, ts = self.temporal_features(
+                batch.videos[i], batch.durations[i] + batch.clip_starts[i]
+            )
             ts = ts - batch.clip_starts[i]
             feats.append(f)
             stamps.append(ts)
@@ -109,14 +113,20 @@ class TPOModel(nn.Module):
         feats_t = torch.stack([pad(f) for f in feats]).to(device)
         stamps_t = torch.stack([pad(s) for s in stamps]).to(device)
         mask_t = torch.stack([pad(m, False) for m in masks]).to(device)
-        out = self.heads["temporal"](hidden, feats_t, stamps_t, torch.tensor(durs, device=device), mask_t)
+        out = self.heads["temporal"](
+            hidden, feats_t, stamps_t, torch.tensor(durs, device=device), mask_t
+        )
         return out, stamps
 
     def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
         """Total loss under "loss" plus every named loss (for logging)."""
         use_lm = self.lm_weight > 0
-        out = self.mllm(batch.frames, batch.input_ids, batch.attention_mask,
-                        labels=batch.labels if use_lm else None)
+        out = self.mllm(
+            batch.frames,
+            batch.input_ids,
+            batch.attention_mask,
+            labels=batch.labels if use_lm else None,
+        )
         head_outputs, targets, kept = {}, [], []
         if self.head_losses:
             for h, name in enumerate(HEADS):
@@ -134,16 +144,22 @@ class TPOModel(nn.Module):
                     head_outputs[name], stamps = self._temporal(batch, hidden, samples)
                     tg = [_saliency_on(t, s) for t, s in zip(tg, stamps)]
                 elif name == "region":
-                    head_outputs[name] = self.heads[name](hidden, _frame_patches(out, batch, samples))
+                    head_outputs[name] = self.heads[name](
+                        hidden, _frame_patches(out, batch, samples)
+                    )
                 else:
                     frames = [batch.mask_frames[i] for i in samples]
-                    head_outputs[name] = self.heads[name](hidden, frames, [batch.videos[i] for i in samples])
+                    head_outputs[name] = self.heads[name](
+                        hidden, frames, [batch.videos[i] for i in samples]
+                    )
                 targets.extend(tg)
                 kept.extend([h] * len(sel))
         # targets were gathered head by head, in the order the criterion routes them
         task_head = torch.tensor(kept, dtype=torch.long, device=batch.input_ids.device)
         total, losses = self.criterion(
-            head_outputs, targets, task_head,
+            head_outputs,
+            targets,
+            task_head,
             lm_loss=out.loss if use_lm else None,
             heads=self.heads if self.head_losses else None,
         )

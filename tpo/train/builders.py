@@ -36,11 +36,23 @@ def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOModel:
     if "temporal" in heads:
         tcfg = cfg.model.heads.temporal
         img = cfg.model.vision.img_size
+        # the cache assumes a frozen encoder: a stage that trains it recomputes every time
+        frozen = "vision" not in stage.groups(cfg.train.extra_groups)
         features = FrameFeatureCache(
-            vision_frame_encoder(mllm.vision), _frame_reader(img), tcfg.feat_fps, tcfg.max_feats
+            vision_frame_encoder(mllm.vision),
+            _frame_reader(img),
+            tcfg.feat_fps,
+            tcfg.max_feats,
+            memory_items=256 if frozen else 0,
         )
-    return TPOModel(mllm, heads, criterion, temporal_features=features,
-                    lm_weight=stage.lm_weight, head_losses=stage.head_losses)
+    return TPOModel(
+        mllm,
+        heads,
+        criterion,
+        temporal_features=features,
+        lm_weight=stage.lm_weight,
+        head_losses=stage.head_losses,
+    )
 
 
 def _frame_reader(img_size: int):
@@ -61,8 +73,15 @@ class TrainData:
     counted in `bad_samples` (reason -> count).
     """
 
-    def __init__(self, dataset: VideoTaskDataset, weights: torch.Tensor, collator: PromptCollator,
-                 micro_batch: int, seed: int, dist: DistInfo) -> None:
+    def __init__(
+        self,
+        dataset: VideoTaskDataset,
+        weights: torch.Tensor,
+        collator: PromptCollator,
+        micro_batch: int,
+        seed: int,
+        dist: DistInfo,
+    ) -> None:
         self.dataset, self.weights, self.collator = dataset, weights, collator
         self.micro_batch, self.seed, self.dist = micro_batch, seed, dist
 
@@ -95,7 +114,9 @@ def question_text(record) -> str:
 
 def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
     """Samples -> TrainBatch: prompt tokens, frames and per-head targets."""
-    text = collator([Turn(question_text(s.record), s.record.answer, s.record.history) for s in samples])
+    text = collator(
+        [Turn(question_text(s.record), s.record.answer, s.record.history) for s in samples]
+    )
     targets, mask_frames, box_frames = [], [], []
     for s in samples:
         t: dict = {}
@@ -136,15 +157,23 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
     if not records:
         raise ValueError(f"{cfg.data.manifest}: no usable records ({report.summary()})")
     dataset = VideoTaskDataset(
-        records, num_frames=cfg.data.num_frames, img_size=cfg.model.vision.img_size,
-        sampling=cfg.data.train_sampling, seed=cfg.train.seed, strict=False,
+        records,
+        num_frames=cfg.data.num_frames,
+        img_size=cfg.model.vision.img_size,
+        sampling=cfg.data.train_sampling,
+        seed=cfg.train.seed,
+        strict=False,
     )
     dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})
     tokenizer = load_tokenizer(cfg.model.llm)
     c = cfg.model.connector
-    collator = PromptCollator(tokenizer, num_visual_tokens=c.num_query + c.extra_query,
-                              max_len=cfg.model.llm.max_text_len, template=cfg.model.llm.template,
-                              system_msg=cfg.model.llm.system_msg)
+    collator = PromptCollator(
+        tokenizer,
+        num_visual_tokens=c.num_query + c.extra_query,
+        max_len=cfg.model.llm.max_text_len,
+        template=cfg.model.llm.template,
+        system_msg=cfg.model.llm.system_msg,
+    )
     weights = sample_weights(records, manifest.weights())
     return TrainData(dataset, weights, collator, cfg.train.micro_batch, cfg.train.seed, dist)
 

@@ -15,7 +15,9 @@ def default_config(stage: int) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `tpo train`."""
     parser.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
-    parser.add_argument("--config", default=None, help="stage YAML (default configs/tiny/stageN.yaml)")
+    parser.add_argument(
+        "--config", default=None, help="stage YAML (default configs/tiny/stageN.yaml)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # deepspeed
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")

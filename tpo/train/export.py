@@ -42,8 +42,11 @@ def export(ckpt: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
         llm = model.mllm.llm
         llm.model = llm.model.merge_and_unload()
         cfg.model.llm.lora.enabled = False
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
-             if not k.startswith("criterion")}
+    state = {
+        k: v.detach().contiguous()
+        for k, v in model.state_dict().items()
+        if not k.startswith("criterion")
+    }
     # tied weights share storage; safetensors stores each tensor once
     seen: dict[int, str] = {}
     for k in list(state):
@@ -63,7 +66,9 @@ def export(ckpt: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
     return out
 
 
-def load_inference_model(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_inference_model(
+    folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+):
     """The TPOModel of an inference folder (or of a training checkpoint folder)."""
     from safetensors.torch import load_file
 

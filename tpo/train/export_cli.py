@@ -7,7 +7,9 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `tpo export`."""
-    parser.add_argument("checkpoint", help="a training checkpoint folder (e.g. outputs/stage3/final)")
+    parser.add_argument(
+        "checkpoint", help="a training checkpoint folder (e.g. outputs/stage3/final)"
+    )
     parser.add_argument("--out", required=True, help="the inference folder to write")
     parser.add_argument("--merge-lora", action="store_true", help="fold LoRA into the LLM weights")
 

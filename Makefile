@@ -60,6 +60,10 @@ ask: data
 	$(TPO) ask $(ASK_VIDEO) "Where is the green circle at 3.0 seconds?" --checkpoint $(CKPT) --out outputs/ask/region
 	$(TPO) ask $(ASK_VIDEO) "Track the green circle through the video." --checkpoint $(CKPT) --out outputs/ask/mask
 
+# Every toy-world benchmark the runners support, with the demo checkpoint: one table.
+eval: data
+	$(TPO) eval run toyworld --checkpoint $(CKPT) --root $(DATA) --out outputs/eval/toyworld
+
 # The trained model against the untrained one and a prior-only baseline on the test split.
 learning: data
 	$(PY) bench/learning.py --checkpoint $(CKPT)
@@ -68,6 +72,7 @@ demo: data
 	$(TPO) toyworld --summary --out $(DATA)
 	$(MAKE) stage1 stage2 stage3
 	$(MAKE) ask
+	$(MAKE) eval
 	$(MAKE) learning
 
 test: $(STAMP)

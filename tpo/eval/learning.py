@@ -83,6 +83,22 @@ class Prior:
         )
 
 
+def visible_mask_frames(sample, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `k` sampled frames where the target is visible: uint8 `[k, 3, H, W]`, GT `[k, H, W]`.
+
+    Frames where the target is hidden have an empty GT, on which J and F are 1 for an empty
+    prediction; scoring visible frames only keeps the comparison about finding the object.
+    """
+    from tpo.data.video import open_source
+
+    visible = (sample.masks.flatten(1).any(1) & sample.mask_valid).nonzero()[:, 0]
+    if len(visible) == 0:  # hidden on every sampled frame: score the annotated ones
+        visible = sample.mask_valid.nonzero()[:, 0]
+    pick = visible[torch.linspace(0, len(visible) - 1, min(k, len(visible))).round().long()]
+    frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
+    return frames, sample.masks[pick]
+
+
 def _samples(records: list[Record], cfg) -> VideoTaskDataset:
     return VideoTaskDataset(
         records,
@@ -103,7 +119,7 @@ def evaluate(
     from tpo.eval.moments import recall_at_1
     from tpo.eval.multiple_choice import multiple_choice_accuracy
     from tpo.infer.predict import predict
-    from tpo.train.builders import collate_mask_frames, question_text
+    from tpo.train.builders import question_text
 
     results: dict[str, float] = {}
     for task, records in test.items():
@@ -112,7 +128,7 @@ def evaluate(
         for start in tqdm(range(0, len(records), batch_size), desc=f"{desc}: {task}", leave=False):
             samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
             qs = [question_text(s.record) for s in samples]
-            mframes = [collate_mask_frames(s)[0] for s in samples] if task == "mask" else None
+            mframes = [visible_mask_frames(s)[0] for s in samples] if task == "mask" else None
             out = predict(
                 model,
                 collator,
@@ -133,7 +149,6 @@ def evaluate(
 
 
 def _score(task, preds, gts, recall_at_1, box_accuracy, video_jf, mc_accuracy) -> dict[str, float]:
-    from tpo.train.builders import collate_mask_frames
 
     if task == "temporal":
         top = np.array([p.windows[0][:2] if p.windows else [0.0, 0.0] for p in preds])
@@ -145,7 +160,7 @@ def _score(task, preds, gts, recall_at_1, box_accuracy, video_jf, mc_accuracy) -
     if task == "mask":
         scores = []
         for p, s in zip(preds, gts):
-            _, gt = collate_mask_frames(s)
+            _, gt = visible_mask_frames(s)
             pm = p.masks if p.masks is not None else np.zeros(gt.shape, bool)
             j, f = video_jf(np.asarray(pm, bool), gt.numpy().astype(bool))
             scores.append((j + f) / 2)

@@ -13,7 +13,7 @@ STAGE3 = Stage(
         "region_head",
         "mask_head",
     ),
-    optional_groups=("vision",),
+    optional_groups=("vision", "llm"),
     manifest="data_manifests/toyworld_stage3.yaml",
     lm_weight=1.0,
     head_losses=True,

@@ -10,4 +10,5 @@ STAGE1 = Stage(
     lm_weight=1.0,
     head_losses=False,
     init_from=None,
+    optional_groups=("llm",),  # the whole LLM, e.g. a small random one that LoRA cannot adapt
 )

@@ -1,0 +1,1 @@
+"""Data: video I/O, the toy video world, native-format loaders, datasets."""

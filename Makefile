@@ -60,9 +60,11 @@ ask: data
 	$(TPO) ask $(ASK_VIDEO) "Where is the green circle at 3.0 seconds?" --checkpoint $(CKPT) --out outputs/ask/region
 	$(TPO) ask $(ASK_VIDEO) "Track the green circle through the video." --checkpoint $(CKPT) --out outputs/ask/mask
 
-# Every toy-world benchmark the runners support, with the demo checkpoint: one table.
+# Every toy-world benchmark the runners support, with the demo checkpoint: one table. MeViS
+# segments every frame of every expression (about 30 s each on a CPU), hence the limit.
+EVAL_LIMIT ?= 8
 eval: data
-	$(TPO) eval run toyworld --checkpoint $(CKPT) --root $(DATA) --out outputs/eval/toyworld
+	$(TPO) eval run toyworld --checkpoint $(CKPT) --root $(DATA) --out outputs/eval/toyworld --limit $(EVAL_LIMIT)
 
 # The trained model against the untrained one and a prior-only baseline on the test split.
 learning: data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ def read_text(path: Path) -> str:
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found", "missing_file")
     return path.read_text(encoding="utf-8")
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, `file:line`, text) of every non-blank line, for line-based formats."""
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            yield lineno, f"{path}:{lineno}", line
 
 
 def read_json(path: Path) -> Any:

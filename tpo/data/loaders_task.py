@@ -16,9 +16,9 @@ from tpo.data.loader_utils import (
     need_number,
     need_str,
     number,
+    numbered_lines,
     parse_json_line,
     read_json,
-    read_text,
     resolve,
 )
 from tpo.data.records import AnnotationError, LoadReport, Record
@@ -104,10 +104,7 @@ def load_qvh(
 ) -> list[Record]:
     """QVHighlights jsonl, one query per line; video `{videos}/{vid}.mp4`."""
     records: list[Record] = []
-    for lineno, line in enumerate(read_text(annotation).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{annotation}:{lineno}"
+    for _, where, line in numbered_lines(annotation):
         with report.item(strict):
             obj = parse_json_line(line, where, QVH_EXPECTED)
             records.append(_qvh_record(obj, where, videos, split, dataset))
@@ -119,10 +116,7 @@ def load_charades(
 ) -> list[Record]:
     """Charades-STA txt lines `vid start end##sentence`; qid = the 1-based line number."""
     records: list[Record] = []
-    for lineno, line in enumerate(read_text(annotation).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{annotation}:{lineno}"
+    for lineno, where, line in numbered_lines(annotation):
         with report.item(strict):
             head, sep, sentence = line.partition("##")
             parts = head.split()

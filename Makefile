@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(BUILD)/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install assets data demo test lint format stage1 stage2 stage3 ask learning eval bench clean
+.PHONY: install assets data demo test lint format stage1 stage2 stage3 stage3-popen popen ask learning eval bench clean
 
 install: $(STAMP)
 
@@ -69,6 +69,18 @@ eval: data
 # The trained model against the untrained one and a prior-only baseline on the test split.
 learning: data
 	$(PY) bench/learning.py --checkpoint $(CKPT)
+
+# POPEN after stage 3: collect the segmentation (P_s) and textual (P_t) preference sets from the
+# stage-3 model, train the short preference phase, then mask J&F / gIoU with and without the
+# objective and the ensemble (one table, also in outputs/popen/eval/table.md).
+POPEN_LIMIT ?= 24
+popen: data
+	$(TPO) popen collect --checkpoint $(CKPT) --out outputs/popen/seg --limit $(POPEN_LIMIT) --textual outputs/popen/textual.jsonl
+	$(MAKE) stage3-popen
+	$(TPO) popen evaluate --checkpoint $(CKPT) --checkpoint outputs/stage3_popen/final --annotations $(DATA)/annotations/mevis_test --videos $(DATA)/videos --limit $(EVAL_LIMIT) --out outputs/popen/eval
+
+stage3-popen: data
+	$(TPO) train --stage 3 --config configs/tiny/stage3_popen.yaml $(ARGS)
 
 demo: data
 	$(TPO) toyworld --summary --out $(DATA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,24 +35,44 @@ def select_frame_patches(patches: Tensor, sample: Tensor, frame: Tensor, p: int)
     return per_frame[sample.long(), frame.long()]
 
 
+def patch_centres(p: int, device=None) -> Tensor:
+    """Normalised (x, y) centres `[p, 2]` of a square grid of `p` patches, row-major."""
+    g = math.isqrt(p)
+    if g * g != p:
+        raise ValueError(f"patch_centres: {p} patches per frame do not form a square grid")
+    ys, xs = torch.meshgrid(
+        torch.arange(g, device=device), torch.arange(g, device=device), indexing="ij"
+    )
+    return (torch.stack([xs.flatten(), ys.flatten()], dim=-1).float() + 0.5) / g
+
+
 class RegionHead(nn.Module):
     """MLP d_llm -> hidden -> 4; `refine` first cross-attends the query to the frame's patches.
 
     The 4 outputs pass a sigmoid and each coordinate pair is sorted (x1 = min, x2 = max of the
     two x outputs, same for y), so boxes are valid and inside the frame without clamping (which
-    would cut gradients at the border).
+    would cut gradients at the border). With `locate`, the centre is instead the soft-argmax of
+    one query-patch attention over the patch centres (+ an offset up to half a patch) and the
+    MLP predicts the width and height; the box is clipped to the frame.
     """
 
     def __init__(self, cfg: RegionHeadConfig, d_llm: int, d_vision: int):
         super().__init__()
-        self.refine = cfg.refine
+        self.refine, self.locate = cfg.refine, cfg.locate
         d_in = d_llm
         if cfg.refine:
             self.attn_query = nn.Sequential(nn.LayerNorm(d_llm), nn.Linear(d_llm, cfg.refine_dim))
             self.attn_key = nn.Sequential(
                 nn.LayerNorm(d_vision), nn.Linear(d_vision, cfg.refine_dim)
             )
-            self.attn = nn.MultiheadAttention(cfg.refine_dim, cfg.refine_heads, batch_first=True)
+            if cfg.locate:  # one attention map, also used as the soft-argmax weights
+                self.attn_value = nn.Sequential(
+                    nn.LayerNorm(d_vision), nn.Linear(d_vision, cfg.refine_dim)
+                )
+            else:
+                self.attn = nn.MultiheadAttention(
+                    cfg.refine_dim, cfg.refine_heads, batch_first=True
+                )
             d_in = d_llm + cfg.refine_dim
         self.mlp = nn.Sequential(nn.Linear(d_in, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 4))
 
@@ -71,11 +92,26 @@ class RegionHead(nn.Module):
                     f"RegionHead(refine=True): patches [n={query.shape[0]}, p, d_v] needed, got {got}"
                 )
             kv = self.attn_key(patches.to(dtype))  # [n, p, r]
+            if self.locate:
+                return self._locate(x, kv, patches.to(dtype))
             attended, _ = self.attn(self.attn_query(x)[:, None], kv, kv, need_weights=False)
             x = torch.cat([x, attended[:, 0]], dim=-1)  # [n, d_llm + r]
         raw = self.mlp(x).sigmoid().view(-1, 2, 2)  # [n, (x, y), 2 candidates]
         lo, hi = raw.min(dim=-1).values, raw.max(dim=-1).values  # [n, 2] each
         return RegionOutput(torch.cat([lo, hi], dim=-1))  # [n, 4] x1 y1 x2 y2
+
+    def _locate(self, x: Tensor, keys: Tensor, patches: Tensor) -> RegionOutput:
+        """Soft-argmax box: x `[n, d_llm]`, keys `[n, p, r]`, patches `[n, p, d_v]`."""
+        q = self.attn_query(x)  # [n, r]
+        weights = (keys @ q[:, :, None])[..., 0] / math.sqrt(q.shape[-1])  # [n, p]
+        weights = weights.softmax(dim=-1)
+        p = patches.shape[1]
+        centre = weights @ patch_centres(p, patches.device).to(weights.dtype)  # [n, 2]
+        attended = (weights[..., None] * self.attn_value(patches)).sum(1)  # [n, r]
+        raw = self.mlp(torch.cat([x, attended], dim=-1))  # [n, 4]
+        centre = centre + torch.tanh(raw[:, :2]) * (0.5 / math.isqrt(p))
+        half = raw[:, 2:].sigmoid() / 2
+        return RegionOutput(torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0))
 
 
 class RegionCriterion(nn.Module):

@@ -56,6 +56,12 @@ class TemporalHead(nn.Module):
         super().__init__()
         h = cfg.hidden
         self.hidden = h
+        self.spatial = cfg.spatial
+        if cfg.spatial:  # query-conditioned attention pooling of each frame's patches
+            self.pool_query = nn.Sequential(nn.LayerNorm(d_llm), nn.Linear(d_llm, h))
+            self.pool_key = nn.Sequential(nn.LayerNorm(d_feat), nn.Linear(d_feat, h))
+            self.pool_value = nn.Sequential(nn.LayerNorm(d_feat), nn.Linear(d_feat, h))
+            d_feat = h + 1  # pooled patch feature + the frame's best query-patch match
         self.query_proj = nn.Sequential(nn.LayerNorm(d_llm), nn.Linear(d_llm, h))
         self.feat_proj = nn.Sequential(
             nn.LayerNorm(d_feat), nn.Dropout(cfg.dropout), nn.Linear(d_feat, h)
@@ -91,10 +97,16 @@ class TemporalHead(nn.Module):
     ) -> TemporalOutput:
         """Predict spans and saliency.
 
-        query `[n, d_llm]` (`<temp>` hidden states), feats `[n, t, d_feat]`, timestamps `[n, t]`
+        query `[n, d_llm]` (`<temp>` hidden states), feats `[n, t, d_feat]` (spatial: patches
+        `[n, t, p, d_feat]`, pooled per frame by the query's attention), timestamps `[n, t]`
         seconds, duration `[n]` seconds, mask `[n, t]` bool of valid frames (None: all valid).
         """
-        n, t, _ = feats.shape
+        n, t = feats.shape[:2]
+        if feats.dim() != (4 if self.spatial else 3):
+            raise ValueError(
+                f"TemporalHead(spatial={self.spatial}): feats must be "
+                f"{'[n, t, p, d]' if self.spatial else '[n, t, d]'}, got {tuple(feats.shape)}"
+            )
         if query.shape[0] != n or timestamps.shape != (n, t) or duration.shape != (n,):
             raise ValueError(
                 f"TemporalHead: expected query [n, d], timestamps [n, t], duration [n] with n={n}, "
@@ -105,7 +117,10 @@ class TemporalHead(nn.Module):
         mask = mask.bool()
         dtype = self.query_embed.weight.dtype
         tau = (timestamps / duration[:, None].clamp(min=1e-6)).clamp(0.0, 1.0)
-        frames = self.feat_proj(feats.to(dtype)) + timestamp_encoding(tau, self.hidden).to(dtype)
+        feats = feats.to(dtype)
+        if self.spatial:
+            feats = self._pool(query.to(dtype), feats)
+        frames = self.feat_proj(feats) + timestamp_encoding(tau, self.hidden).to(dtype)
         frames = frames + self.type_embed.weight[1]  # [n, t, h]
         cond = self.query_proj(query.to(dtype))[:, None] + self.type_embed.weight[0]  # [n, 1, h]
 
@@ -129,6 +144,14 @@ class TemporalHead(nn.Module):
         saliency = saliency / math.sqrt(self.hidden)  # [n, t]
         last = layers[-1]
         return TemporalOutput(last["pred_spans"], last["pred_logits"], saliency, mask, layers[:-1])
+
+    def _pool(self, query: Tensor, patches: Tensor) -> Tensor:
+        """query `[n, d_llm]`, patches `[n, t, p, d]` -> `[n, t, h + 1]`: the attention-pooled
+        patch feature and the best match logit of each frame."""
+        q = self.pool_query(query)[:, None, :, None]  # [n, 1, h, 1]
+        logits = (self.pool_key(patches) @ q)[..., 0] / math.sqrt(self.hidden)  # [n, t, p]
+        pooled = (logits.softmax(-1)[..., None] * self.pool_value(patches)).sum(2)  # [n, t, h]
+        return torch.cat([pooled, logits.amax(-1, keepdim=True)], dim=-1)
 
 
 @torch.no_grad()

@@ -94,15 +94,17 @@ def save_npz_features(path: str | Path, feats: Tensor, timestamps: Tensor) -> No
         raise
 
 
-def vision_frame_encoder(vision: nn.Module) -> Callable[[Tensor], Tensor]:
+def vision_frame_encoder(vision: nn.Module, patches: bool = False) -> Callable[[Tensor], Tensor]:
     """Wrap our vision encoder as `frames [t, 3, H, W] -> features [t, d_v]`.
 
     Each frame is encoded as a one-frame clip `[t, 1, 3, H, W]`; the encoder's
-    `VisionOutput.frames [t, 1, d_v]` gives the feature.
+    `VisionOutput.frames [t, 1, d_v]` gives the feature, or with `patches` its patch features
+    `[t, p, d_v]` (for a spatial temporal head).
     """
 
     def encode(frames: Tensor) -> Tensor:
-        return vision(frames[:, None]).frames[:, 0]
+        out = vision(frames[:, None])
+        return out.patches if patches else out.frames[:, 0]
 
     return encode
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from tpo.config.heads import RegionHeadConfig
 from tpo.heads.criterion import weighted_sum
@@ -18,6 +19,7 @@ from tpo.heads.region import (
 D_LLM, D_V = 24, 12
 TINY = RegionHeadConfig(hidden=32)
 TINY_REFINE = RegionHeadConfig(hidden=32, refine=True, refine_dim=16, refine_heads=2)
+TINY_LOCATE = RegionHeadConfig(hidden=32, refine=True, refine_dim=16, refine_heads=2, locate=True)
 
 
 def _giou(a: list[float], b: list[float]) -> float:
@@ -82,12 +84,12 @@ def test_criterion_rejects_bad_targets():
         crit(out, [{"boxes": torch.tensor([0.5, 0.5, 0.2, 0.9])}])
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_REFINE], ids=["mlp", "refine"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_REFINE, TINY_LOCATE], ids=["mlp", "refine", "locate"])
 def test_gradients_reach_query_and_every_parameter(cfg):
     head = RegionHead(cfg, D_LLM, D_V)
     crit = build_region_criterion(cfg)
     query = torch.randn(2, D_LLM, requires_grad=True)
-    patches = torch.randn(2, 5, D_V, requires_grad=True)
+    patches = torch.randn(2, 4, D_V, requires_grad=True)
     targets = [
         {"boxes": torch.tensor([0.1, 0.1, 0.4, 0.5])},
         {"boxes": torch.tensor([0.5, 0.2, 0.9, 0.8])},
@@ -119,3 +121,57 @@ def test_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first, (first, loss.item())
+
+
+def test_locate_needs_refine_and_a_square_grid():
+    with pytest.raises(ValueError, match="locate needs region.refine"):
+        RegionHeadConfig(locate=True)
+    head = RegionHead(TINY_LOCATE, D_LLM, D_V)
+    with pytest.raises(ValueError, match="do not form a square grid"):
+        head(torch.randn(1, D_LLM), torch.randn(1, 5, D_V))
+
+
+def test_locate_centre_stays_within_half_a_patch_of_the_attention_centroid():
+    head = RegionHead(TINY_LOCATE, D_LLM, D_V).eval()
+    # identical patches: uniform attention, centroid = frame centre; offset <= half a patch (1/8)
+    boxes = head(torch.randn(8, D_LLM) * 3, torch.randn(1, 1, D_V).expand(8, 16, D_V)).boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert ((centre - 0.5).abs() <= 0.125 + 1e-6).all()
+    assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2:] >= boxes[:, :2]).all()
+
+
+def test_locate_generalises_to_positions_never_seen_in_training():
+    """A box centred on the one marked patch of a 4x4 grid: trained on 12 positions, the
+    soft-argmax head finds the 4 held-out ones; regressing the position (refine) cannot."""
+    g = torch.Generator().manual_seed(0)
+    mark = torch.randn(D_V, generator=g) * 3
+
+    def batch(cells: list[int], n: int):
+        cell = torch.tensor(cells)[torch.randint(len(cells), (n,), generator=g)]
+        patches = torch.randn(n, 16, D_V, generator=g) * 0.3
+        patches[torch.arange(n), cell] += mark
+        cx, cy = (cell % 4 + 0.5) / 4, (cell // 4 + 0.5) / 4
+        boxes = torch.stack([cx - 0.1, cy - 0.1, cx + 0.1, cy + 0.1], -1)
+        return patches, [{"boxes": b} for b in boxes], boxes
+
+    def held_out_accuracy(cfg: RegionHeadConfig) -> float:
+        torch.manual_seed(0)
+        head, crit = RegionHead(cfg, D_LLM, D_V), build_region_criterion(cfg)
+        query = torch.randn(1, D_LLM, generator=g)
+        opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+        for _ in range(300):
+            patches, targets, _ = batch(list(range(12)), 32)
+            loss = weighted_sum(
+                crit(head(query.expand(32, -1), patches), targets), crit.weight_dict
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        patches, _, boxes = batch([12, 13, 14, 15], 64)
+        with torch.no_grad():
+            pred = head(query.expand(64, -1), patches).boxes
+        iou = box_iou(pred, boxes).diagonal()
+        return float((iou >= 0.5).float().mean())
+
+    assert held_out_accuracy(TINY_LOCATE) > 0.9
+    assert held_out_accuracy(TINY_REFINE) < 0.5

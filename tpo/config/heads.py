@@ -19,6 +19,9 @@ class TemporalHeadConfig:
     max_feats: int = 75  # cap on the number of head feature frames
     feat_source: str = "vision"  # "vision" (our encoder, cached) | "npz" (precomputed files)
     feat_dim: int | None = None  # width of npz features (None: the vision width)
+    # spatial: keep every patch of each head frame ([t, p, d]); the <temp> query attention-pools
+    # each frame's patches (so a small object counts) before the moment decoder (vision only)
+    spatial: bool = False
     span_l1: float = 10.0
     span_giou: float = 1.0
     fg_ce: float = 4.0
@@ -37,6 +40,10 @@ class TemporalHeadConfig:
             raise ValueError(
                 f"temporal.feat_source must be 'vision' or 'npz', not {self.feat_source!r}"
             )
+        if self.spatial and self.feat_source != "vision":
+            raise ValueError(
+                "temporal.spatial needs temporal.feat_source 'vision' (npz are [t, d])"
+            )
         if self.feat_fps <= 0 or self.max_feats < 1:
             raise ValueError("temporal.feat_fps must be > 0 and temporal.max_feats >= 1")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
@@ -51,12 +58,18 @@ class RegionHeadConfig:
     refine: bool = False  # cross-attend the query to the asked frame's patch features first
     refine_dim: int = 256  # width of that cross-attention
     refine_heads: int = 8
+    # locate: the box centre is the attention-weighted mean of the asked frame's patch centres
+    # (a soft-argmax, plus an offset of at most half a patch) and the MLP gives only the size;
+    # position then comes from the patch grid instead of being regressed (needs refine)
+    locate: bool = False
     l1: float = 2.0
     giou: float = 0.2
 
     def __post_init__(self) -> None:
         if self.refine and self.refine_dim % self.refine_heads:
             raise ValueError(f"region.refine_dim {self.refine_dim} not a multiple of refine_heads")
+        if self.locate and not self.refine:
+            raise ValueError("region.locate needs region.refine: true (it attends to patches)")
 
 
 @dataclass

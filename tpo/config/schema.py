@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tpo.config.heads import HeadsConfig
 from tpo.config.model import ConnectorConfig, LLMConfig, TaskTokenConfig, VisionConfig
+from tpo.config.popen import PopenConfig
 
 
 @dataclass
@@ -84,3 +85,4 @@ class TPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    popen: PopenConfig = field(default_factory=PopenConfig)  # optional preference objective

@@ -135,6 +135,57 @@ class MaskTrack:
         return cls.from_rle(data["rle"], data["frame_indices"], data["fps"], size=size)
 
 
+@dataclass
+class EnsembleRecord:
+    """How a preference-ensemble answer was made (tpo.popen.ensemble_infer).
+
+    k: responses sampled at `temperature` (`seed`); texts: their answers; scores: their
+    preference scores (log gamma; `score` names the kind: "logp" or "dpo"); best: the
+    best-scored response, whose text and non-mask heads make the answer; used: which responses
+    carried a `<tracking>` query (those are combined for the mask head); weights: each one's
+    attention weight in that combination (0 where not used).
+    """
+
+    k: int
+    score: str
+    scores: list[float]
+    texts: list[str]
+    best: int
+    used: list[bool]
+    weights: list[float]
+    temperature: float
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        sizes = [len(self.scores), len(self.texts), len(self.used), len(self.weights)]
+        if sizes != [self.k] * 4:
+            raise ValueError(
+                f"EnsembleRecord: expected k={self.k} scores, texts, used flags and weights, "
+                f"got {sizes}"
+            )
+        if not 0 <= self.best < self.k:
+            raise ValueError(f"EnsembleRecord.best: expected an index in [0, {self.k})")
+
+    def to_json(self) -> dict[str, Any]:
+        """All fields as JSON values."""
+        return {
+            "k": int(self.k),
+            "score": self.score,
+            "scores": [float(v) for v in self.scores],
+            "texts": list(self.texts),
+            "best": int(self.best),
+            "used": [bool(v) for v in self.used],
+            "weights": [float(v) for v in self.weights],
+            "temperature": float(self.temperature),
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EnsembleRecord:
+        """Inverse of `to_json`."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
 def _floats(values: np.ndarray | None) -> list[float] | None:
     return None if values is None else [float(v) for v in np.asarray(values).reshape(-1)]
 
@@ -149,7 +200,8 @@ class GroundedAnswer:
 
     text: the reply; heads: heads that fired, in order (of HEAD_NAMES); windows: time spans;
     saliency: `[k]` per-frame score at `saliency_times` `[k]` seconds; boxes: per asked frame;
-    masks: the tracked object's masks; video/duration/fps: the source (path, seconds, rate).
+    masks: the tracked object's masks; video/duration/fps: the source (path, seconds, rate);
+    ensemble: how a preference-ensemble answer was made (None: one greedy response).
     """
 
     text: str
@@ -162,6 +214,7 @@ class GroundedAnswer:
     video: str | None = None
     duration: float | None = None
     fps: float | None = None
+    ensemble: EnsembleRecord | None = None
 
     def __post_init__(self) -> None:
         unknown = [h for h in self.heads if h not in HEAD_NAMES]
@@ -191,6 +244,7 @@ class GroundedAnswer:
             "video": self.video,
             "duration": None if self.duration is None else float(self.duration),
             "fps": None if self.fps is None else float(self.fps),
+            "ensemble": None if self.ensemble is None else self.ensemble.to_json(),
         }
 
     @classmethod
@@ -198,7 +252,7 @@ class GroundedAnswer:
         """Inverse of `to_json`."""
         if "text" not in data:
             raise ValueError("GroundedAnswer.from_json: missing key 'text'")
-        masks = data.get("masks")
+        masks, ens = data.get("masks"), data.get("ensemble")
         return cls(
             text=data["text"],
             heads=list(data.get("heads", [])),
@@ -210,4 +264,5 @@ class GroundedAnswer:
             video=data.get("video"),
             duration=data.get("duration"),
             fps=data.get("fps"),
+            ensemble=None if ens is None else EnsembleRecord.from_json(ens),
         )

@@ -84,7 +84,7 @@ class TPOPipeline:
     """A loaded TPOModel with its prompt collator; answers grounded questions about videos.
 
     `num_frames`: frames the LLM sees per video (the config's `data.num_frames`);
-    `img_size`: the vision encoder's input size.
+    `img_size`: the vision encoder's input size; `ensemble_k`: K of `ask(ensemble=True)`.
     """
 
     def __init__(
@@ -94,11 +94,13 @@ class TPOPipeline:
         *,
         num_frames: int,
         img_size: int,
+        ensemble_k: int = 3,
     ) -> None:
         self.model = model.eval()
         self.collator = collator
         self.num_frames = num_frames
         self.img_size = img_size
+        self.ensemble_k = ensemble_k
         self.timings = Timings()
 
     @property
@@ -130,11 +132,24 @@ class TPOPipeline:
         num_frames: int | None = None,
         max_new_tokens: int = 64,
         history: Sequence[tuple[str, str]] | None = None,
+        ensemble: int | None = None,
+        ensemble_temperature: float = 0.7,
+        ensemble_score: str = "logp",
+        seed: int | None = None,
     ) -> GroundedAnswer:
-        """Answer `question` about `video`; `history` [(question, answer), ...] for multi-turn chat."""
+        """Answer `question` about `video`; `history` [(question, answer), ...] for multi-turn chat.
+
+        `ensemble` K (True: `self.ensemble_k`): the POPEN preference ensemble
+        (tpo.popen.ensemble_infer): K responses sampled at `ensemble_temperature` (under `seed`),
+        scored by `ensemble_score` ("logp": mean token log-prob; "dpo": implicit DPO reward vs
+        the LLM without LoRA). The answer is the best-scored response (text, temporal and region
+        heads); only the mask head takes the preference-attention combination of the responses'
+        `<tracking>` embeddings. `GroundedAnswer.ensemble` records K, the scores and the texts.
+        """
         return self.ask_batch(
             [(video, question)], num_frames=num_frames, max_new_tokens=max_new_tokens,
-            histories=[list(history or [])],
+            histories=[list(history or [])], ensemble=ensemble,
+            ensemble_temperature=ensemble_temperature, ensemble_score=ensemble_score, seed=seed,
         )[0]  # fmt: skip
 
     @torch.no_grad()
@@ -145,9 +160,20 @@ class TPOPipeline:
         num_frames: int | None = None,
         max_new_tokens: int = 64,
         histories: Sequence[Sequence[tuple[str, str]]] | None = None,
+        ensemble: int | None = None,
+        ensemble_temperature: float = 0.7,
+        ensemble_score: str = "logp",
+        seed: int | None = None,
     ) -> list[GroundedAnswer]:
         """Answer (video, question) pairs as padded batches (one per frame count: images and
-        videos do not share one); greedy answers equal those of `ask` one by one."""
+        videos do not share one); greedy answers equal those of `ask` one by one. The ensemble
+        arguments are those of `ask` (a seeded ensemble repeats for the same batch)."""
+        from tpo.popen.ensemble_infer import EnsembleOptions, ensemble_answers, resolve_k
+
+        n_ens = resolve_k(ensemble, self.ensemble_k)
+        opts = None
+        if n_ens is not None:
+            opts = EnsembleOptions(n_ens, ensemble_temperature, ensemble_score, seed=seed)
         pairs = list(pairs)
         if not pairs:
             raise ValueError("ask_batch: expected at least one (video, question) pair")
@@ -171,16 +197,19 @@ class TPOPipeline:
             text = self.collator.prompts(turns)
             frames = torch.stack([inputs[k].frames for k in rows]).to(self.device, self.dtype)
             t0 = time.perf_counter()
-            gen = self.model.mllm.generate(
-                frames, text.input_ids.to(self.device), text.attention_mask.to(self.device),
-                max_new_tokens=max_new_tokens,
-            )  # fmt: skip
+            prompt = (frames, text.input_ids.to(self.device), text.attention_mask.to(self.device))
+            records = None
+            if opts is None:
+                gen = self.model.mllm.generate(*prompt, max_new_tokens=max_new_tokens)
+            else:
+                gen, records = ensemble_answers(self.model.mllm, *prompt, opts, max_new_tokens)
             t1 = time.perf_counter()
             self.timings.generate += t1 - t0
             self.timings.new_tokens += sum(len(ids) for ids in gen.token_ids)
             grounded = self.ground(gen, [inputs[k] for k in rows], [pairs[k][1] for k in rows])
             self.timings.heads += time.perf_counter() - t1
-            for k, ans in zip(rows, grounded):
+            for j, (k, ans) in enumerate(zip(rows, grounded)):
+                ans.ensemble = None if records is None else records[j]
                 answers[k] = ans
         return answers  # type: ignore[return-value]
 
@@ -305,6 +334,9 @@ def load(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float
     cfg = load_config(TPOConfig, [folder / "config.yaml"])
     model = load_inference_model(folder, device, dtype)
     collator = build_collator(cfg.model, model.mllm)
+    from tpo.popen.ensemble_infer import default_k
+
     return TPOPipeline(
-        model, collator, num_frames=cfg.data.num_frames, img_size=cfg.model.vision.img_size
-    )
+        model, collator, num_frames=cfg.data.num_frames, img_size=cfg.model.vision.img_size,
+        ensemble_k=default_k(cfg),
+    )  # fmt: skip

@@ -39,7 +39,7 @@ def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOModel:
         # the cache assumes a frozen encoder: a stage that trains it recomputes every time
         frozen = "vision" not in stage.groups(cfg.train.extra_groups)
         features = FrameFeatureCache(
-            vision_frame_encoder(mllm.vision),
+            vision_frame_encoder(mllm.vision, patches=tcfg.spatial),
             _frame_reader(img),
             tcfg.feat_fps,
             tcfg.max_feats,

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tpo.config.schema import TPOConfig
+    from tpo.train.engine import DataBuilder, ModelBuilder
 
 
 def default_config(stage: int) -> Path:
@@ -23,17 +28,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
 
 
+def builders_for(cfg: TPOConfig) -> tuple[ModelBuilder, DataBuilder]:
+    """(model builder, data builder) of a run: the stage's own, or with POPEN's preference
+    losses added when `popen.enabled`."""
+    if cfg.popen.enabled:
+        from tpo.popen.data import build_popen_data
+        from tpo.popen.objective import build_popen_model
+
+        return build_popen_model, build_popen_data
+    from tpo.train.builders import build_train_data, build_train_model
+
+    return build_train_model, build_train_data
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, then run the stage through the engine."""
     from tpo.config import TPOConfig, load_config
     from tpo.stages import get_stage
-    from tpo.train.builders import build_train_data, build_train_model
     from tpo.train.engine import StageRunner
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path = Path(args.config) if args.config else default_config(args.stage)
     cfg = load_config(TPOConfig, [path], [f"train.stage={args.stage}", *args.overrides])
     stage = get_stage(args.stage)
-    final = StageRunner(cfg, stage, build_train_model, build_train_data).run(resume=args.resume)
+    final = StageRunner(cfg, stage, *builders_for(cfg)).run(resume=args.resume)
     print(f"stage {args.stage} done: {final}")
     return 0

@@ -1,0 +1,114 @@
+"""`tpo popen collect --checkpoint DIR --out DIR [--n 30] [--seed 0] [--limit N]
+[--textual OUT.jsonl]`: POPEN's preference sets from a trained model.
+
+Data: the mask records of the manifest (default: the checkpoint config's `data.manifest`, e.g.
+the toy world's stage-3 train split), sampled as at evaluation ('middle', `data.num_frames`
+frames). P_s goes to `--out` (resumable: a rerun skips the samples already in its index);
+with `--textual`, P_t of the manifest's text-answer records goes to that jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `tpo popen collect`."""
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="inference/checkpoint folder"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder of the P_s files + index")
+    parser.add_argument("--manifest", default=None, help="data manifest (default: the config's)")
+    parser.add_argument("--data-root", default=None, help="overrides the manifest's data_root")
+    parser.add_argument(
+        "--datasets", nargs="+", default=None, metavar="NAME", help="only these manifest datasets"
+    )
+    parser.add_argument("--num-frames", type=int, default=None, help="default: data.num_frames")
+    parser.add_argument("--n", type=int, default=30, help="perturbed runs per sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    parser.add_argument("--limit", type=int, default=None, help="at most N samples per set")
+    parser.add_argument("--chunk", type=int, default=8, help="rows per model call")
+    parser.add_argument("--rects", type=int, default=3, help="noisy rectangles per input")
+    parser.add_argument("--noise-std", type=float, default=1.0, help="noise std (normalised)")
+    parser.add_argument("--textual", type=Path, default=None, help="also write P_t to this jsonl")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="P_t answer length limit")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+
+
+def _samples(records: Sequence, num_frames: int, img_size: int) -> Iterator:
+    """Samples of `records` ('middle' sampling); unreadable ones are logged and skipped."""
+    from tpo.data.dataset import VideoTaskDataset
+    from tpo.data.records import AnnotationError
+    from tpo.data.video import VideoError
+
+    if not records:
+        return
+    data = VideoTaskDataset(
+        records, num_frames=num_frames, img_size=img_size, sampling="middle", strict=True
+    )
+    for i in range(len(data)):
+        try:
+            yield data.build(i)
+        except (VideoError, AnnotationError) as err:
+            log.warning("skipping %s: %s", records[i].source, err)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Collect P_s (and P_t with --textual); print where they went."""
+    from tpo.config import TPOConfig, load_config
+    from tpo.data.manifest import load_manifest, load_records
+    from tpo.eval.runner_io import JsonlLog
+    from tpo.model.build import build_collator
+    from tpo.popen.collect import (
+        INDEX_FILE,
+        collect_segmentation,
+        collect_textual,
+        is_text_answer,
+        sample_id,
+    )
+    from tpo.train.export import load_inference_model
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not (args.checkpoint / "config.yaml").is_file():
+        raise SystemExit(f"tpo popen collect: {args.checkpoint} has no config.yaml")
+    cfg = load_config(TPOConfig, [args.checkpoint / "config.yaml"])
+    model = load_inference_model(args.checkpoint, args.device)
+    collator = build_collator(cfg.model, model.mllm)
+    manifest = load_manifest(args.manifest or cfg.data.manifest)
+    records, _ = load_records(manifest, strict=False, data_root=args.data_root)
+    if args.datasets:
+        unknown = sorted(set(args.datasets) - {d.name for d in manifest.datasets})
+        if unknown:
+            raise SystemExit(f"tpo popen collect: no dataset(s) {unknown} in {manifest.name}")
+        records = [r for r in records if r.dataset in args.datasets]
+    frames = args.num_frames or cfg.data.num_frames
+    img = cfg.model.vision.img_size
+    done = JsonlLog(args.out / INDEX_FILE, "id").recover()
+    todo = [r for r in records if r.task == "mask" and sample_id(r) not in done]
+    log.info("P_s: %d mask samples to do, %d already in %s", len(todo), len(done), args.out)
+    index = collect_segmentation(
+        model, _samples(todo, frames, img), args.out, collator=collator, n=args.n,
+        seed=args.seed, limit=args.limit, chunk=args.chunk, n_rects=args.rects,
+        noise_std=args.noise_std,
+    )  # fmt: skip
+    print(f"P_s: {sum(1 for _ in index.open())} samples indexed in {index}")
+    if args.textual is not None:
+        text = [r for r in records if is_text_answer(r)]
+        out = collect_textual(
+            model, _samples(text, frames, img), args.textual, collator=collator,
+            limit=args.limit, max_new_tokens=args.max_new_tokens,
+        )  # fmt: skip
+        print(f"P_t: {sum(1 for _ in out.open())} preference pairs in {out}")
+    return 0
+
+
+def main_collect(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (the arguments after `tpo popen collect`) and collect."""
+    parser = argparse.ArgumentParser(prog="tpo popen collect", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

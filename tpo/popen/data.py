@@ -1,0 +1,240 @@
+"""The micro-batch stream of a POPEN stage: the stage's own batch + textual and seg pairs.
+
+Micro-batch k holds the base `TrainBatch` k of the stage's manifest (`build_train_data`), then
+`popen.pairs_per_step` textual pairs and `popen.pairs_per_step` segmentation pairs drawn by a
+generator seeded with (seed, k, rank); the seg pairs follow the curriculum phase of the
+optimizer step k belongs to (k // grad_accum). So batch k depends only on (config, k, rank):
+`iterate(start)` resumes exactly. Bad preference records are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from tpo.config.schema import TPOConfig
+from tpo.model.prompt import PromptCollator
+from tpo.model.tpo_model import TrainBatch
+from tpo.stages.base import Stage
+from tpo.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from tpo.popen.pair_sources import SegSource, TextualSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextualPairs:
+    """m textual pairs whose media have one frame count.
+
+    frames `[m, f, 3, H, W]` (shared by the chosen and rejected row of a pair);
+    input_ids / attention_mask / labels `[2m, s]`: rows :m the chosen answers y_c, rows m: the
+    rejected answers y of the same pairs; edit_mask `[2m, s]` bool: the edited answer tokens
+    (L_yc on chosen rows, L_y on rejected rows); sources: file:line of each pair.
+    """
+
+    frames: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    edit_mask: torch.Tensor
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> TextualPairs:
+        """Move to `device`; frames take the compute `dtype`."""
+        return TextualPairs(
+            self.frames.to(device, dtype),
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.edit_mask.to(device),
+            list(self.sources),
+        )
+
+
+@dataclass
+class SegPairs:
+    """n segmentation pairs over u clean inputs of one frame count.
+
+    frames `[u, f, 3, H, W]`, input_ids / attention_mask `[u, s]`: the clean prompt + answer
+    of each preference sample; ids: their sample ids; rows `[n]` long: the clean row of each
+    pair; h_w, h_l `[n, d_llm]` float32: the collected embeddings of its winner and loser.
+    """
+
+    frames: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    h_w: torch.Tensor
+    h_l: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> SegPairs:
+        """Move to `device`; frames take the compute `dtype`, embeddings stay float32."""
+        return SegPairs(
+            self.frames.to(device, dtype),
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.rows.to(device),
+            self.h_w.to(device),
+            self.h_l.to(device),
+            list(self.ids),
+        )
+
+
+@dataclass
+class PopenBatch:
+    """One micro-batch: the stage's batch (None when popen.base_weight is 0), textual and seg
+    pairs (one group per frame count), and the optimizer step / curriculum phase it is for."""
+
+    base: TrainBatch | None = None
+    textual: list[TextualPairs] = field(default_factory=list)
+    seg: list[SegPairs] = field(default_factory=list)
+    step: int = 0
+    phase: str = "coarse"
+
+    def __len__(self) -> int:
+        """Samples in the micro-batch (base samples + pairs)."""
+        base = len(self.base) if self.base is not None else 0
+        return base + sum(len(g) for g in self.textual) + sum(len(g) for g in self.seg)
+
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> PopenBatch:
+        """Move every part to `device` (frames in `dtype`)."""
+        return PopenBatch(
+            None if self.base is None else self.base.to(device, dtype),
+            [g.to(device, dtype) for g in self.textual],
+            [g.to(device, dtype) for g in self.seg],
+            self.step,
+            self.phase,
+        )
+
+
+class PopenData:
+    """TrainData of a POPEN stage (see the module docstring)."""
+
+    def __init__(
+        self,
+        base,
+        textual: TextualSource | None,
+        seg: SegSource | None,
+        curriculum,
+        *,
+        pairs_per_step: int,
+        grad_accum: int,
+        dist: DistInfo,
+    ) -> None:
+        if base is None and textual is None and seg is None:
+            raise ValueError("popen: nothing to train on (no base data, no preferences)")
+        self.base, self.textual, self.seg, self.curriculum = base, textual, seg, curriculum
+        self.pairs_per_step, self.grad_accum, self.dist = pairs_per_step, grad_accum, dist
+
+    @property
+    def bad_samples(self) -> Counter:
+        """Bad samples skipped so far (base data and preferences, by reason)."""
+        total = Counter()
+        for part in (self.base, self.textual, self.seg):
+            if part is not None:
+                total.update(part.bad_samples)
+        return total
+
+    def phase(self, step: int) -> str:
+        """Curriculum phase of optimizer step `step`; an epoch is one pass over the seg set."""
+        seen = step * self.grad_accum * max(1, self.dist.world_size) * self.pairs_per_step
+        epoch = seen // len(self.seg) if self.seg is not None else 0
+        return self.curriculum.phase(step, epoch)
+
+    def iterate(self, start: int) -> Iterator[PopenBatch]:
+        """Micro-batches from position `start` on."""
+        base = self.base.iterate(start) if self.base is not None else None
+        k = start
+        while True:
+            step = k // self.grad_accum
+            phase = self.phase(step)
+            yield PopenBatch(
+                base=next(base) if base is not None else None,
+                textual=[] if self.textual is None else self.textual.draw(k, self.pairs_per_step),
+                seg=[] if self.seg is None else self.seg.draw(k, self.pairs_per_step, phase),
+                step=step,
+                phase=phase,
+            )
+            k += 1
+
+
+def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
+    """The stage's data stream (`build_train_data`) plus preference pairs, per `cfg.popen`."""
+    from tpo.data.manifest import load_manifest, load_records
+    from tpo.model.tokens import load_tokenizer
+    from tpo.popen.curriculum import Curriculum
+    from tpo.popen.pair_sources import SegSource, TextualSource, load_textual
+    from tpo.train.builders import build_train_data
+    from tpo.train.ds_config import grad_accum_steps
+
+    pc = cfg.popen
+    base = build_train_data(cfg, stage, dist) if pc.base_weight > 0 else None
+    if base is not None:
+        collator = base.collator
+    else:
+        c = cfg.model.connector
+        collator = PromptCollator(
+            load_tokenizer(cfg.model.llm),
+            num_visual_tokens=c.num_query + c.extra_query,
+            max_len=cfg.model.llm.max_text_len,
+            template=cfg.model.llm.template,
+            system_msg=cfg.model.llm.system_msg,
+        )
+    textual = seg = None
+    if pc.textual is not None and pc.weight_t > 0:
+        tok = collator.tokenizer
+        prefs, bad = load_textual(
+            pc.textual, lambda s: tok(s, add_special_tokens=False)["input_ids"]
+        )
+        textual = TextualSource(
+            prefs,
+            collator,
+            num_frames=cfg.data.num_frames,
+            img_size=cfg.model.vision.img_size,
+            sampling=cfg.data.train_sampling,
+            seed=cfg.train.seed,
+            dist=dist,
+        )
+        textual.bad_samples.update(bad)
+    if pc.segmentation is not None and pc.weight_s > 0:
+        from tpo.popen.collect import load_segmentation_preferences, sample_id
+
+        records, _ = load_records(load_manifest(cfg.data.manifest), strict=False)
+        seg = SegSource(
+            load_segmentation_preferences(pc.segmentation),
+            {sample_id(r): r for r in records},
+            collator,
+            img_size=cfg.model.vision.img_size,
+            seed=cfg.train.seed,
+            dist=dist,
+        )
+    log.info(
+        "popen: %s textual and %s segmentation preference samples; %d pairs of each per "
+        "micro-batch",
+        len(textual.prefs) if textual is not None else "no",
+        len(seg) if seg is not None else "no",
+        pc.pairs_per_step,
+    )
+    return PopenData(
+        base,
+        textual,
+        seg,
+        Curriculum(pc.curriculum_switch_step, pc.curriculum_switch_epoch),
+        pairs_per_step=pc.pairs_per_step,
+        grad_accum=grad_accum_steps(cfg.train, dist.world_size),
+        dist=dist,
+    )

@@ -1,0 +1,259 @@
+"""Where the pairs of a POPEN micro-batch come from: textual and segmentation preferences.
+
+Draws depend only on (seed, micro-batch k, rank) and on the preference set: a bad record (its
+media unreadable, its clean input not rebuildable) is replaced by the next one, the same way
+whatever happened before, so a resumed stream equals the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from tpo.model.prompt import IGNORE_INDEX, PromptCollator, Turn
+from tpo.popen.data import SegPairs, TextualPairs
+from tpo.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from tpo.data.records import Record
+    from tpo.popen.seg_store import SegPreference
+    from tpo.popen.textual import TextualPreference
+
+log = logging.getLogger(__name__)
+
+_TEXTUAL, _SEG = 1, 2  # generator streams
+
+
+def _generator(seed: int, k: int, dist: DistInfo, stream: int) -> torch.Generator:
+    world = max(1, dist.world_size)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + k) * world + dist.rank) * 4 + stream)
+
+
+def edit_mask(labels: torch.Tensor, edits: Sequence[Sequence[int]]) -> torch.Tensor:
+    """bool `[b, s]`: True at the answer positions (labels != -100, in order) listed in
+    `edits[row]` (indices into the answer's own tokens; indices cut off by truncation drop)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for row, idx in enumerate(edits):
+        pos = (labels[row] != IGNORE_INDEX).nonzero()[:, 0]
+        keep = torch.tensor([i for i in idx if i < len(pos)], dtype=torch.long)
+        mask[row, pos[keep]] = True
+    return mask
+
+
+class TextualSource:
+    """Textual preferences -> TextualPairs; frames sampled per (seed, k, preference) with the
+    stage's train sampling; a preference whose media cannot be read is replaced, when drawn,
+    by the next one."""
+
+    def __init__(
+        self,
+        prefs: list[TextualPreference],
+        collator: PromptCollator,
+        *,
+        num_frames: int,
+        img_size: int,
+        sampling: str,
+        seed: int,
+        dist: DistInfo,
+    ) -> None:
+        if not prefs:
+            raise ValueError("popen.textual: no usable textual preferences")
+        self.prefs, self.collator = prefs, collator
+        self.num_frames, self.img_size, self.sampling = num_frames, img_size, sampling
+        self.seed, self.dist = seed, dist
+        self.bad_samples: Counter = Counter()
+        self._counted: set[int] = set()
+
+    def _frames(self, i: int, k: int) -> torch.Tensor | None:
+        from tpo.data.video import VideoError, load_video
+
+        p = self.prefs[i]
+        rng = np.random.default_rng([self.seed, k, i])
+        try:
+            clip = load_video(
+                p.video, self.num_frames, self.sampling, img_size=self.img_size, rng=rng
+            )
+        except VideoError as err:
+            if i not in self._counted:
+                self._counted.add(i)
+                self.bad_samples[f"popen_textual_video_{err.reason}"] += 1
+                log.warning("popen: skipping textual preference %s: %s", p.source, err)
+            return None
+        return clip.frames
+
+    def draw(self, k: int, n: int) -> list[TextualPairs]:
+        """n pairs for micro-batch k (a bad medium is replaced by the next preference)."""
+        gen = _generator(self.seed, k, self.dist, _TEXTUAL)
+        picks = torch.randint(len(self.prefs), (n,), generator=gen).tolist()
+        chosen: list[tuple[int, torch.Tensor]] = []
+        for i in picks:
+            for j in range(len(self.prefs)):
+                idx = (i + j) % len(self.prefs)
+                frames = self._frames(idx, k)
+                if frames is not None:
+                    chosen.append((idx, frames))
+                    break
+            else:
+                raise RuntimeError(f"popen.textual: no readable media ({dict(self.bad_samples)})")
+        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for idx, frames in chosen:
+            groups.setdefault(tuple(frames.shape), []).append((idx, frames))
+        return [self._collate(g) for g in groups.values()]
+
+    def _collate(self, group: list[tuple[int, torch.Tensor]]) -> TextualPairs:
+        prefs = [self.prefs[i] for i, _ in group]
+        history = [[tuple(t) for t in p.extra.get("history", [])] for p in prefs]
+        turns = [Turn(p.instruction, p.y_c, h) for p, h in zip(prefs, history)]
+        turns += [Turn(p.instruction, p.y, h) for p, h in zip(prefs, history)]
+        text = self.collator(turns)
+        edits = [p.l_yc for p in prefs] + [p.l_y for p in prefs]
+        return TextualPairs(
+            torch.stack([f for _, f in group]),
+            text.input_ids,
+            text.attention_mask,
+            text.labels,
+            edit_mask(text.labels, edits),
+            [p.source for p in prefs],
+        )
+
+
+class SegSource:
+    """Segmentation preferences -> SegPairs following the curriculum phase.
+
+    A sample whose record is not among `records` (keyed by sample id) or whose runs give no
+    pair in either phase is dropped and counted; one whose clean input cannot be rebuilt is
+    replaced, when drawn, by the next sample of the phase's pool.
+    """
+
+    def __init__(
+        self,
+        prefs: list[SegPreference],
+        records: dict[str, Record],
+        collator: PromptCollator,
+        *,
+        img_size: int,
+        seed: int,
+        dist: DistInfo,
+    ) -> None:
+        from tpo.popen.curriculum import PHASES, preference_pairs
+
+        self.collator, self.img_size, self.seed, self.dist = collator, img_size, seed, dist
+        self.records = records
+        self.bad_samples: Counter = Counter()
+        self.prefs, self.pairs = [], []
+        for p in prefs:
+            if p.id not in records:
+                self.bad_samples["popen_seg_no_record"] += 1
+                continue
+            pairs = {ph: preference_pairs(p.tiers, ph) for ph in PHASES}
+            if not any(pairs.values()):
+                self.bad_samples["popen_seg_no_pairs"] += 1
+                continue
+            self.prefs.append(p)
+            self.pairs.append(pairs)
+        if not self.prefs:
+            raise ValueError(
+                f"popen.segmentation: none of {len(prefs)} preference samples is usable "
+                f"({dict(self.bad_samples)}); were they collected from data.manifest's records?"
+            )
+        # per phase, the samples that have pairs in it (a phase without any uses the other's)
+        self.eligible = {ph: [i for i, p in enumerate(self.pairs) if p[ph]] for ph in PHASES}
+        self._ok: dict[int, bool] = {}
+
+    def __len__(self) -> int:
+        return len(self.prefs)
+
+    def _usable(self, i: int) -> bool:
+        """Whether sample i's clean input can be rebuilt (checked once; a pure function of i)."""
+        from tpo.popen.collect import clean_batch
+
+        if i not in self._ok:
+            try:
+                clean_batch([self.prefs[i]], self.records, self.collator, img_size=self.img_size)
+                self._ok[i] = True
+            except ValueError as err:  # VideoError and AnnotationError are ValueErrors
+                self._ok[i] = False
+                reason = getattr(err, "reason", "clean_input")
+                self.bad_samples[f"popen_seg_{reason}"] += 1
+                log.warning("popen: skipping seg preference %s: %s", self.prefs[i].id, err)
+        return self._ok[i]
+
+    def draw(self, k: int, n: int, phase: str) -> list[SegPairs]:
+        """n (sample, winner, loser) pairs for micro-batch k in curriculum `phase`."""
+        from tpo.popen.collect import clean_batch
+
+        if not self.eligible[phase]:
+            phase = "fine" if phase == "coarse" else "coarse"
+        pool = self.eligible[phase]
+        gen = _generator(self.seed, k, self.dist, _SEG)
+        picks: list[tuple[int, int, int]] = []
+        for j in torch.randint(len(pool), (n,), generator=gen).tolist():
+            for step in range(len(pool)):
+                i = pool[(j + step) % len(pool)]
+                if self._usable(i):
+                    break
+            else:
+                raise RuntimeError(f"popen.segmentation: no usable sample ({self.bad_samples})")
+            pairs = self.pairs[i][phase]
+            w, lo = pairs[int(torch.randint(len(pairs), (1,), generator=gen))]
+            picks.append((i, w, lo))
+        groups: dict[int, list[tuple[int, int, int]]] = {}
+        for pick in picks:
+            groups.setdefault(len(self.prefs[pick[0]].frame_indices), []).append(pick)
+        out = []
+        for group in groups.values():
+            unique = list(dict.fromkeys(i for i, _, _ in group))
+            prefs = [self.prefs[i] for i in unique]
+            clean = clean_batch(prefs, self.records, self.collator, img_size=self.img_size)
+            out.append(
+                SegPairs(
+                    clean.frames,
+                    clean.input_ids,
+                    clean.attention_mask,
+                    torch.tensor([unique.index(i) for i, _, _ in group]),
+                    torch.stack([self.prefs[i].embeddings[w] for i, w, _ in group]).float(),
+                    torch.stack([self.prefs[i].embeddings[lo] for i, _, lo in group]).float(),
+                    [p.id for p in prefs],
+                )
+            )
+        return out
+
+
+def load_textual(
+    path: str | Path, tokenize: Callable[[str], list[int]]
+) -> tuple[list[TextualPreference], Counter]:
+    """Textual preferences of a jsonl with their edit indices filled; bad lines are skipped
+    and counted (reason -> count), each logged with its file:line."""
+    from tpo.popen.textual import _parse_record, fill_edit_indices
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"popen.textual: no file {path} (collect it with `tpo popen collect`)"
+        )
+    prefs, bad = [], Counter()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                # one record at a time, so that a bad line is skipped, not fatal
+                (pref,) = fill_edit_indices([_parse_record(json.loads(line), where)], tokenize)
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                bad["popen_textual_malformed"] += 1
+                log.warning("popen: skipping %s: %s", where, err)
+                continue
+            if not pref.l_y and not pref.l_yc:
+                bad["popen_textual_no_edit"] += 1
+                log.warning("popen: skipping %s: y and y_c have the same tokens", where)
+                continue
+            prefs.append(pref)
+    return prefs, bad

@@ -85,3 +85,15 @@ def test_bad_input_exits_2(argv, needle, video, tmp_path, capsys):
     assert main(["ask", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tpo ask: error:") and needle in err
+
+
+def test_ensemble_flag_records_k_scores(video, ckpt, capsys):
+    argv = ["ask", video, "Track the red circle.", "--checkpoint", str(ckpt),
+            "--max-new-tokens", "4", "--ensemble", "2", "--seed", "0", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    ans = GroundedAnswer.from_json(json.loads(capsys.readouterr().out))
+    assert ans.ensemble is not None and ans.ensemble.k == 2 and len(ans.ensemble.scores) == 2
+    assert main(argv) == 0  # same seed, same answer
+    again = GroundedAnswer.from_json(json.loads(capsys.readouterr().out))
+    assert again.ensemble.scores == ans.ensemble.scores and again.text == ans.text
+    assert main(argv[:-5] + ["--ensemble", "0"]) == 2

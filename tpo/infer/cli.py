@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.add_argument("--num-frames", type=int, default=None, help="frames the model sees")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=None,
+        metavar="K",
+        help="POPEN preference ensemble: sample K responses and combine their mask embeddings",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed for --ensemble")
     parser.add_argument("--device", default="cpu")
 
 
@@ -92,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_question(args.question)
+        if args.ensemble is not None and args.ensemble < 1:
+            raise ValueError(f"--ensemble must be at least 1 response, got {args.ensemble}")
         if not Path(args.video).exists():
             raise VideoError(f"{args.video}: no such video or image file", "missing")
         pipe = load(args.checkpoint, device=args.device)
@@ -100,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             args.question,
             num_frames=args.num_frames,
             max_new_tokens=args.max_new_tokens,
+            ensemble=args.ensemble,
+            seed=args.seed,
         )
         pictures = write_pictures(pipe, args.video, ans, Path(args.out)) if args.out else []
     except (FileNotFoundError, VideoError, ValueError) as err:

@@ -164,7 +164,7 @@ class TPOModel(nn.Module):
             heads=self.heads if self.head_losses else None,
         )
         # every trainable parameter joins the graph (a zero gradient when unused this step)
-        total = total + _zero_through_all(self)
+        total = total + zero_through_all(self)
         return {"loss": total, **{f"loss/{k}": v.detach() for k, v in losses.items()}}
 
 
@@ -190,7 +190,8 @@ def _saliency_on(target: dict, stamps: torch.Tensor) -> dict:
     return {**target, "saliency": clips[idx]}
 
 
-def _zero_through_all(model: nn.Module) -> torch.Tensor:
+def zero_through_all(model: nn.Module) -> torch.Tensor:
+    """A zero that depends on every trainable parameter (so each gets a gradient every step)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return torch.zeros(())

@@ -17,7 +17,7 @@ from torch import nn
 
 from tpo.config.popen import PopenConfig
 from tpo.model.mllm import HEADS
-from tpo.model.tpo_model import TPOModel, _zero_through_all
+from tpo.model.tpo_model import TPOModel, zero_through_all
 from tpo.popen.reference import ReferencePolicy
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class PopenObjective(nn.Module):
         parts), "loss/popen_t", "loss/popen_s" and the implicit rewards "reward/..." of L_t."""
         c = self.cfg
         parts: dict[str, torch.Tensor] = {}
-        total = _zero_through_all(self)  # every trainable parameter joins the graph
+        total = zero_through_all(self)  # every trainable parameter joins the graph
         if batch.base is not None and c.base_weight > 0:
             base = self.tpo(batch.base)
             total = total + c.base_weight * base["loss"]

@@ -231,7 +231,7 @@ def load_textual(
 ) -> tuple[list[TextualPreference], Counter]:
     """Textual preferences of a jsonl with their edit indices filled; bad lines are skipped
     and counted (reason -> count), each logged with its file:line."""
-    from tpo.popen.textual import _parse_record, fill_edit_indices
+    from tpo.popen.textual import fill_edit_indices, parse_record
 
     path = Path(path)
     if not path.is_file():
@@ -246,7 +246,7 @@ def load_textual(
             where = f"{path}:{lineno}"
             try:
                 # one record at a time, so that a bad line is skipped, not fatal
-                (pref,) = fill_edit_indices([_parse_record(json.loads(line), where)], tokenize)
+                (pref,) = fill_edit_indices([parse_record(json.loads(line), where)], tokenize)
             except ValueError as err:  # json.JSONDecodeError is a ValueError
                 bad["popen_textual_malformed"] += 1
                 log.warning("popen: skipping %s: %s", where, err)

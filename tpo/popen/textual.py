@@ -64,7 +64,8 @@ def _index_list(value: Any, where: str, key: str) -> list[int] | None:
     return list(value)
 
 
-def _parse_record(rec: Any, where: str) -> TextualPreference:
+def parse_record(rec: Any, where: str) -> TextualPreference:
+    """One decoded P_t record -> `TextualPreference`; errors name `where` (file:line) and key."""
     if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     media = [k for k in ("video", "image") if k in rec]
@@ -107,7 +108,7 @@ def load_textual_preferences(path: str | Path) -> list[TextualPreference]:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
-            prefs.append(_parse_record(rec, where))
+            prefs.append(parse_record(rec, where))
     return prefs
 
 

@@ -9,6 +9,7 @@ from tpo.popen.textual import (
     edited_token_indices,
     fill_edit_indices,
     load_textual_preferences,
+    write_textual_preferences,
 )
 
 
@@ -86,6 +87,17 @@ def test_loader_bad_json_and_missing_file(tmp_path):
         load_textual_preferences(_write(tmp_path, [GOOD, "{oops"]))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_textual_preferences(tmp_path / "nope.jsonl")
+
+
+def test_written_records_with_line_separators_in_text_read_back(tmp_path):
+    """ensure_ascii=False writes U+2028 / U+0085 raw: they must not end a line."""
+    odd = {**GOOD, "y": "a\u2028b c", "y_c": "a\x85x c"}
+    path = write_textual_preferences(
+        load_textual_preferences(_write(tmp_path, [GOOD, odd, GOOD])), tmp_path / "out.jsonl"
+    )
+    prefs = load_textual_preferences(path)
+    assert [p.y for p in prefs] == ["a b c", "a\u2028b c", "a b c"]
+    assert prefs[1].y_c == "a\x85x c" and prefs[2].source.endswith("out.jsonl:3")
 
 
 def test_fill_edit_indices_fills_only_missing():

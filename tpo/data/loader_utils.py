@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +22,14 @@ def read_text(path: Path) -> str:
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str, str]]:
-    """(line number, `file:line`, text) of every non-blank line, for line-based formats."""
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+    """(line number, `file:line`, text) of every non-blank line, for line-based formats.
+
+    Lines end at \\n, \\r\\n or \\r only, as when a text file is iterated (`str.splitlines`
+    would also split at U+2028 and friends, which JSON writes raw inside strings).
+    """
+    for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
         if line.strip():
-            yield lineno, f"{path}:{lineno}", line
+            yield lineno, f"{path}:{lineno}", line.rstrip("\n")
 
 
 def read_json(path: Path) -> Any:

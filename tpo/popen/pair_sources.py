@@ -7,7 +7,6 @@ whatever happened before, so a resumed stream equals the uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -231,7 +230,8 @@ def load_textual(
 ) -> tuple[list[TextualPreference], Counter]:
     """Textual preferences of a jsonl with their edit indices filled; bad lines are skipped
     and counted (reason -> count), each logged with its file:line."""
-    from tpo.popen.textual import fill_edit_indices, parse_record
+    from tpo.data.loader_utils import numbered_lines
+    from tpo.popen.textual import fill_edit_indices, parse_line
 
     path = Path(path)
     if not path.is_file():
@@ -239,21 +239,17 @@ def load_textual(
             f"popen.textual: no file {path} (collect it with `tpo popen collect`)"
         )
     prefs, bad = [], Counter()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                # one record at a time, so that a bad line is skipped, not fatal
-                (pref,) = fill_edit_indices([parse_record(json.loads(line), where)], tokenize)
-            except ValueError as err:  # json.JSONDecodeError is a ValueError
-                bad["popen_textual_malformed"] += 1
-                log.warning("popen: skipping %s: %s", where, err)
-                continue
-            if not pref.l_y and not pref.l_yc:
-                bad["popen_textual_no_edit"] += 1
-                log.warning("popen: skipping %s: y and y_c have the same tokens", where)
-                continue
-            prefs.append(pref)
+    for _, where, line in numbered_lines(path):
+        try:
+            # one record at a time, so that a bad line is skipped, not fatal
+            (pref,) = fill_edit_indices([parse_line(line, where)], tokenize)
+        except ValueError as err:
+            bad["popen_textual_malformed"] += 1
+            log.warning("popen: skipping %s: %s", where, err)
+            continue
+        if not pref.l_y and not pref.l_yc:
+            bad["popen_textual_no_edit"] += 1
+            log.warning("popen: skipping %s: y and y_c have the same tokens", where)
+            continue
+        prefs.append(pref)
     return prefs, bad

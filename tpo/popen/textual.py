@@ -92,24 +92,24 @@ def parse_record(rec: Any, where: str) -> TextualPreference:
     )
 
 
+def parse_line(line: str, where: str) -> TextualPreference:
+    """One jsonl line -> `TextualPreference`; errors name `where` (file:line) and the key."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
+    return parse_record(rec, where)
+
+
 def load_textual_preferences(path: str | Path) -> list[TextualPreference]:
     """Read a jsonl of textual preferences (blank lines skipped). Bad input raises ValueError
     naming file:line and the key; a missing file raises FileNotFoundError."""
+    from tpo.data.loader_utils import numbered_lines
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"textual preferences: no file {path}")
-    prefs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from err
-            prefs.append(parse_record(rec, where))
-    return prefs
+    return [parse_line(line, where) for _, where, line in numbered_lines(path)]
 
 
 def write_textual_preferences(prefs: Sequence[TextualPreference], path: str | Path) -> Path:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tpo.config import TPOConfig, load_config
     from tpo.eval.learning import Prior, evaluate, evaluate_prior, load_split
-    from tpo.model.prompt import PromptCollator
+    from tpo.model.build import build_collator
     from tpo.stages import get_stage
     from tpo.train.builders import build_train_model
     from tpo.train.export import load_inference_model
@@ -45,14 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     train = load_split(a.root, "train")
     trained = load_inference_model(ckpt)
     untrained = build_train_model(cfg, get_stage(3)).float().eval()
-    llm = cfg.model.llm
-    collator = PromptCollator(
-        trained.mllm.tokenizer,
-        trained.mllm.num_visual_tokens,
-        llm.max_text_len,
-        llm.template,
-        llm.system_msg,
-    )
+    collator = build_collator(cfg.model, trained.mllm)
     rows = {
         "untrained": evaluate(untrained, collator, cfg, test, desc="untrained"),
         "prior only": evaluate_prior(Prior.fit(train), test),

@@ -11,15 +11,9 @@ import torch
 from PIL import Image
 
 from tpo.eval.runner_io import JsonlLog
-from tpo.eval.runners import (
-    BENCHMARKS,
-    TOYWORLD_FILES,
-    ModelPredictor,
-    answer_index,
-    run_benchmark,
-    run_toyworld_suite,
-)
+from tpo.eval.runners import BENCHMARKS, ModelPredictor, answer_index, run_benchmark
 from tpo.eval.scorers import get_scorer
+from tpo.eval.suite import TOYWORLD_FILES, run_toyworld_suite
 from tpo.infer.predict import Prediction
 
 ID_FILES = {"mevis": "done.jsonl", "nextgqa": "progress.jsonl"}

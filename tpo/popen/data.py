@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from tpo.config.schema import TPOConfig
-from tpo.model.prompt import PromptCollator
 from tpo.model.tpo_model import TrainBatch
 from tpo.stages.base import Stage
 from tpo.train.distributed import DistInfo
@@ -175,25 +174,14 @@ class PopenData:
 def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
     """The stage's data stream (`build_train_data`) plus preference pairs, per `cfg.popen`."""
     from tpo.data.manifest import load_manifest, load_records
-    from tpo.model.tokens import load_tokenizer
     from tpo.popen.curriculum import Curriculum
     from tpo.popen.pair_sources import SegSource, TextualSource, load_textual
-    from tpo.train.builders import build_train_data
+    from tpo.train.builders import build_train_data, text_collator
     from tpo.train.ds_config import grad_accum_steps
 
     pc = cfg.popen
     base = build_train_data(cfg, stage, dist) if pc.base_weight > 0 else None
-    if base is not None:
-        collator = base.collator
-    else:
-        c = cfg.model.connector
-        collator = PromptCollator(
-            load_tokenizer(cfg.model.llm),
-            num_visual_tokens=c.num_query + c.extra_query,
-            max_len=cfg.model.llm.max_text_len,
-            template=cfg.model.llm.template,
-            system_msg=cfg.model.llm.system_msg,
-        )
+    collator = base.collator if base is not None else text_collator(cfg)
     textual = seg = None
     if pc.textual is not None and pc.weight_t > 0:
         tok = collator.tokenizer

@@ -150,7 +150,6 @@ def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
 def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
     """Records of the config's manifest -> dataset -> weighted micro-batch stream."""
     from tpo.data.manifest import load_manifest, load_records
-    from tpo.model.tokens import load_tokenizer
 
     manifest = load_manifest(cfg.data.manifest)
     records, report = load_records(manifest, strict=False)
@@ -165,17 +164,25 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
         strict=False,
     )
     dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})
-    tokenizer = load_tokenizer(cfg.model.llm)
-    c = cfg.model.connector
-    collator = PromptCollator(
-        tokenizer,
-        num_visual_tokens=c.num_query + c.extra_query,
-        max_len=cfg.model.llm.max_text_len,
-        template=cfg.model.llm.template,
-        system_msg=cfg.model.llm.system_msg,
-    )
     weights = sample_weights(records, manifest.weights())
-    return TrainData(dataset, weights, collator, cfg.train.micro_batch, cfg.train.seed, dist)
+    return TrainData(
+        dataset, weights, text_collator(cfg), cfg.train.micro_batch, cfg.train.seed, dist
+    )
+
+
+def text_collator(cfg: TPOConfig) -> PromptCollator:
+    """The prompt collator of `cfg`'s tokenizer and template, without building the model
+    (`tpo.model.build.build_collator` is the same from a built model)."""
+    from tpo.model.tokens import load_tokenizer
+
+    c, llm = cfg.model.connector, cfg.model.llm
+    return PromptCollator(
+        load_tokenizer(llm),
+        num_visual_tokens=c.num_query + c.extra_query,
+        max_len=llm.max_text_len,
+        template=llm.template,
+        system_msg=llm.system_msg,
+    )
 
 
 def collate_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from tests.test_infer_api import make_checkpoint
 from tpo.eval.runner_io import JsonlLog
 from tpo.eval.runners import BENCHMARKS, ModelPredictor, answer_index, run_benchmark
 from tpo.eval.scorers import get_scorer
@@ -31,24 +31,7 @@ def world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A random tiny stage-3 model written as an inference folder."""
-    from safetensors.torch import save_file
-
-    from tpo.config import TPOConfig, load_config, to_yaml
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
-
-    cfg = load_config(TPOConfig, ["configs/tiny/stage3.yaml"], ["model.heads.mask=null"])
-    torch.manual_seed(0)
-    model = build_train_model(cfg, get_stage(3))
-    folder = tmp_path_factory.mktemp("ckpt")
-    state = {
-        k: v.detach().clone().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.startswith("criterion")
-    }
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.yaml").write_text(to_yaml(cfg))
-    return folder
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "final")
 
 
 def annotations(world: Path, name: str) -> Path:

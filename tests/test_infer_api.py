@@ -19,23 +19,13 @@ from tpo.model.mllm import HEADS
 
 def make_checkpoint(folder: Path) -> Path:
     """A random tiny stage-3 model without mask head saved as an inference folder."""
-    from safetensors.torch import save_file
-
-    from tpo.config import TPOConfig, load_config, to_yaml
+    from tpo.config import TPOConfig, load_config
     from tpo.stages import get_stage
     from tpo.train.builders import build_train_model
+    from tpo.train.export import save_inference_folder
 
     cfg = load_config(TPOConfig, ["configs/tiny/stage3.yaml"], ["model.heads.mask=null"])
-    model = build_train_model(cfg, get_stage(3))
-    state = {
-        k: v.detach().clone().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.startswith("criterion")
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.yaml").write_text(to_yaml(cfg))
-    return folder
+    return save_inference_folder(build_train_model(cfg, get_stage(3)), cfg, folder)
 
 
 @pytest.fixture(scope="session")

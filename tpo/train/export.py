@@ -42,6 +42,12 @@ def export(ckpt: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
         llm = model.mllm.llm
         llm.model = llm.model.merge_and_unload()
         cfg.model.llm.lora.enabled = False
+    return save_inference_folder(model, cfg, out)
+
+
+def save_inference_folder(model: torch.nn.Module, cfg: TPOConfig, out: str | Path) -> Path:
+    """Write every weight of `model` but the criterion's, and `cfg`, as an inference folder
+    `out` (atomically: a temp folder renamed into place, replacing an existing one)."""
     state = {
         k: v.detach().contiguous()
         for k, v in model.state_dict().items()

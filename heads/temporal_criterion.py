@@ -36,6 +36,9 @@ class TemporalCriterion(nn.Module):
     loss_saliency_rank: rank-contrastive (as QD-DETR / CG-DETR): for each positive score level r
         of a sample with frames below r, -mean over frames with score >= r of
         log softmax(saliency / tau) over the labelled frames; mean over (sample, level).
+    loss_frame_fg: binary cross-entropy of the per-frame foreground logits (when the head has
+        them) against 1 for frames whose time lies inside a ground-truth window, else 0, mean
+        over the valid frames.
     loss_*_{i}: the set losses of decoder layer i (aux), when `aux_layers` > 0.
     """
 
@@ -49,7 +52,8 @@ class TemporalCriterion(nn.Module):
         aux_layers: int = 0,
     ):
         super().__init__()
-        unknown = set(weights) - {*SET_LOSSES, "loss_saliency", "loss_saliency_rank"}
+        known = {*SET_LOSSES, "loss_saliency", "loss_saliency_rank", "loss_frame_fg"}
+        unknown = set(weights) - known
         if unknown:
             raise ValueError(f"TemporalCriterion: unknown loss weights {sorted(unknown)}")
         self.matcher = matcher
@@ -86,6 +90,8 @@ class TemporalCriterion(nn.Module):
             aux_losses = self._set_losses(aux["pred_logits"], aux["pred_spans"], targets)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         losses.update(self._saliency_losses(outputs, targets))
+        if outputs.frame_logits is not None:
+            losses["loss_frame_fg"] = self._frame_loss(outputs, targets)
         return {k: v for k, v in losses.items() if k in self.weight_dict}
 
     def _set_losses(
@@ -113,6 +119,20 @@ class TemporalCriterion(nn.Module):
             logits.float().transpose(1, 2), classes, weight.float(), reduction="none"
         )
         return {"loss_span": loss_span, "loss_giou": loss_giou, "loss_label": ce.mean()}
+
+    def _frame_loss(self, outputs: TemporalOutput, targets: list[dict[str, Tensor]]) -> Tensor:
+        """BCE of the frame foreground logits; label 1 inside any target window."""
+        labels = torch.zeros_like(outputs.tau, dtype=torch.float32)  # [n, t]
+        for i, tgt in enumerate(targets):
+            xx = span_cw_to_xx(tgt["spans"].to(outputs.tau).float())  # [k, 2]
+            if len(xx):
+                tau = outputs.tau[i, :, None].float()
+                labels[i] = ((tau >= xx[:, 0]) & (tau <= xx[:, 1])).any(-1).float()
+        bce = F.binary_cross_entropy_with_logits(
+            outputs.frame_logits.float(), labels, reduction="none"
+        )
+        mask = outputs.mask
+        return (bce * mask).sum() / mask.sum().clamp(min=1)
 
     def _saliency_labels(
         self, outputs: TemporalOutput, targets: list[dict[str, Tensor]]
@@ -174,6 +194,7 @@ def build_temporal_criterion(cfg: TemporalHeadConfig) -> TemporalCriterion:
         "loss_label": cfg.fg_ce,
         "loss_saliency": cfg.saliency,
         "loss_saliency_rank": cfg.saliency_rank,
+        "loss_frame_fg": cfg.frame_fg if cfg.windows_from == "frames" else 0.0,
     }
     aux = cfg.dec_layers - 1 if cfg.aux_loss else 0
     return TemporalCriterion(

@@ -11,4 +11,7 @@ STAGE2 = Stage(
     lm_weight=0.0,
     head_losses=True,
     init_from="stage1",
+    # the whole LLM, when it is a small one trained from scratch: its hidden states carry the
+    # asked object into the task token only once it learns to (the toy world's tiny model)
+    optional_groups=("llm",),
 )

@@ -158,3 +158,26 @@ def test_bert_init_old_names_and_mismatch(tmp_path):
     assert report.unused == ["cls.predictions.bias"]
     with pytest.raises(ValueError, match="hidden_size 384"):
         build_connector(tiny(bert_init=str(get_model_path())), DV, DLLM)
+
+
+def _spread(x: torch.Tensor) -> float:
+    """Across-sample std of the output relative to its magnitude."""
+    return float(x.std(0).mean() / x.abs().mean())
+
+
+def test_init_std_sets_the_random_init_and_keeps_small_differences_visible():
+    torch.manual_seed(0)
+    # mostly identical background patches with a few that differ per sample (the toy videos)
+    patches = torch.randn(1, 40, DV).expand(6, -1, -1).clone()
+    patches[:, :3] = torch.randn(6, 3, DV)
+    spreads = {}
+    for std in (0.02, 32**-0.5):
+        conn = build_connector(tiny(init_std=std), DV, DLLM).eval()
+        query = conn.qformer.encoder.layer[0].crossattention.attention.query.weight
+        assert abs(float(query.std()) / std - 1) < 0.2
+        assert abs(float(conn.query_tokens.std()) / std - 1) < 0.5
+        with torch.no_grad():
+            spreads[std] = _spread(conn(patches))
+    assert spreads[32**-0.5] > 5 * spreads[0.02]
+    with pytest.raises(ValueError, match="init_std"):
+        tiny(init_std=0.0)

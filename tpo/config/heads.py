@@ -32,6 +32,10 @@ class TemporalHeadConfig:
     saliency_tau: float = 0.5  # temperature of the rank-contrastive softmax
     aux_loss: bool = True
     nms_iou: float | None = None  # None: no NMS in post-processing
+    # windows_from: "queries" (the decoder's spans, official) or "frames": a per-frame foreground
+    # classifier (BCE weight frame_fg) whose runs above 0.5 are the first windows, then the spans
+    windows_from: str = "queries"
+    frame_fg: float = 4.0
 
     def __post_init__(self) -> None:
         if self.hidden % self.num_heads:
@@ -43,6 +47,10 @@ class TemporalHeadConfig:
         if self.spatial and self.feat_source != "vision":
             raise ValueError(
                 "temporal.spatial needs temporal.feat_source 'vision' (npz are [t, d])"
+            )
+        if self.windows_from not in ("queries", "frames"):
+            raise ValueError(
+                f"temporal.windows_from must be 'queries' or 'frames', not {self.windows_from!r}"
             )
         if self.feat_fps <= 0 or self.max_feats < 1:
             raise ValueError("temporal.feat_fps must be > 0 and temporal.max_feats >= 1")

@@ -55,10 +55,16 @@ class ConnectorConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1
     bert_init: str | None = None  # local BERT folder to initialise the Q-Former from
+    # std of the random init (weights and queries). BLIP-2's 0.02 suits width 768; a narrow
+    # Q-Former needs about 1/sqrt(hidden), else two 0.02 projections in a row shrink the
+    # cross-attention read of the patches ~40x and every video gets the same visual tokens
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.hidden % self.num_heads:
             raise ValueError(f"connector.hidden {self.hidden} not a multiple of num_heads")
+        if self.init_std <= 0:
+            raise ValueError(f"connector.init_std {self.init_std} must be > 0")
         if self.num_query < 1 or self.extra_query < 0 or self.cross_attention_freq < 1:
             raise ValueError(
                 "connector: num_query and cross_attention_freq must be >= 1, extra_query >= 0"

@@ -49,13 +49,14 @@ class QFormerConnector(nn.Module):
             max_position_embeddings=cfg.max_position,
             cross_attention_frequency=cfg.cross_attention_freq,
             encoder_hidden_size=vision_width,
+            initializer_range=cfg.init_std,
         )
         self.qformer = InstructBlipQFormerModel(qcfg)
-        # BLIP-2 initialises the learned queries with N(0, 0.02), as the official release does
+        # BLIP-2 initialises the learned queries with N(0, 0.02) (init_std), as the official release
         self.query_tokens = nn.Parameter(torch.empty(1, cfg.num_query, cfg.hidden))
         self.extra_query_tokens = nn.Parameter(torch.empty(1, cfg.extra_query, cfg.hidden))
-        nn.init.normal_(self.query_tokens, std=0.02)
-        nn.init.normal_(self.extra_query_tokens, std=0.02)
+        nn.init.normal_(self.query_tokens, std=cfg.init_std)
+        nn.init.normal_(self.extra_query_tokens, std=cfg.init_std)
         self.project_up = nn.Linear(cfg.hidden, llm_width)
         self.num_tokens = cfg.num_query + cfg.extra_query
 

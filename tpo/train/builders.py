@@ -18,7 +18,7 @@ from tpo.train.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
-MASK_FRAMES = 2  # annotated frames per mask sample that the mask loss is computed on
+MASK_FRAMES = 3  # annotated frames per mask sample that the mask loss is computed on
 
 
 def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOModel:
@@ -186,11 +186,28 @@ def text_collator(cfg: TPOConfig) -> PromptCollator:
 
 
 def collate_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """The annotated sampled frames of a mask sample (at most MASK_FRAMES): uint8 frames
-    `[k, 3, H0, W0]` read at the video's resolution and their GT masks bool `[k, H0, W0]`."""
+    """The annotated sampled frames of a mask sample that the mask loss sees (at most
+    MASK_FRAMES): uint8 frames `[k, 3, H0, W0]` read at the video's resolution and their GT
+    masks bool `[k, H0, W0]`.
+
+    Frames where the object is visible come first (spread over its visible span), plus one
+    annotated frame without it when there is one, so the head learns both to segment and to
+    predict nothing; frames taken evenly from the whole clip would mostly be empty (objects
+    come and go), and a head trained on them learns to predict nothing at all.
+    """
     from tpo.data.video import open_source
 
-    pick = sample.mask_valid.nonzero()[:, 0]
-    pick = pick[torch.linspace(0, len(pick) - 1, min(MASK_FRAMES, len(pick))).round().long()]
+    def spread(idx: torch.Tensor, k: int) -> torch.Tensor:
+        return idx[torch.linspace(0, len(idx) - 1, min(k, len(idx))).round().long()]
+
+    seen = sample.masks.flatten(1).any(1)
+    visible = (sample.mask_valid & seen).nonzero()[:, 0]
+    absent = (sample.mask_valid & ~seen).nonzero()[:, 0]
+    if len(visible) and len(absent):
+        n_vis = min(len(visible), MASK_FRAMES - 1)
+        pick = torch.cat([spread(visible, n_vis), spread(absent, MASK_FRAMES - n_vis)])
+    else:
+        pick = spread(visible if len(visible) else absent, MASK_FRAMES)
+    pick = pick.sort().values
     frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
     return frames, sample.masks[pick]

@@ -180,13 +180,11 @@ def frame_runs(
     if not len(probs):
         return []
     probs, times = probs.float().cpu(), times.float().cpu()
-    if float(probs.max()) < threshold:
-        threshold = float(probs.max()) / 2
-        runs = _runs(probs >= threshold)
+    weak = float(probs.max()) < threshold
+    runs = _runs(probs >= (float(probs.max()) / 2 if weak else threshold))
+    if weak:
         best = int(probs.argmax())
         runs = [r for r in runs if r[0] <= best <= r[1]]
-    else:
-        runs = _runs(probs >= threshold)
     step = float(times[1] - times[0]) if len(times) > 1 else float(duration)
     rows = []
     for a, b in runs:

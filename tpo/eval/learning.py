@@ -89,14 +89,12 @@ def visible_mask_frames(sample, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]
     Frames where the target is hidden have an empty GT, on which J and F are 1 for an empty
     prediction; scoring visible frames only keeps the comparison about finding the object.
     """
-    from tpo.data.video import open_source
+    from tpo.train.builders import evenly_spaced, read_mask_frames
 
     visible = (sample.masks.flatten(1).any(1) & sample.mask_valid).nonzero()[:, 0]
     if len(visible) == 0:  # hidden on every sampled frame: score the annotated ones
         visible = sample.mask_valid.nonzero()[:, 0]
-    pick = visible[torch.linspace(0, len(visible) - 1, min(k, len(visible))).round().long()]
-    frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
-    return frames, sample.masks[pick]
+    return read_mask_frames(sample, evenly_spaced(visible, k))
 
 
 def _samples(records: list[Record], cfg) -> VideoTaskDataset:

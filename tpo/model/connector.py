@@ -52,7 +52,7 @@ class QFormerConnector(nn.Module):
             initializer_range=cfg.init_std,
         )
         self.qformer = InstructBlipQFormerModel(qcfg)
-        # BLIP-2 initialises the learned queries with N(0, 0.02) (init_std), as the official release
+        # the learned queries start as N(0, init_std): BLIP-2 and the official release use 0.02
         self.query_tokens = nn.Parameter(torch.empty(1, cfg.num_query, cfg.hidden))
         self.extra_query_tokens = nn.Parameter(torch.empty(1, cfg.extra_query, cfg.hidden))
         nn.init.normal_(self.query_tokens, std=cfg.init_std)

@@ -185,29 +185,37 @@ def text_collator(cfg: TPOConfig) -> PromptCollator:
     )
 
 
+def evenly_spaced(idx: torch.Tensor, k: int) -> torch.Tensor:
+    """Up to `k` entries of `idx` `[m]`, spread evenly from its first to its last."""
+    return idx[torch.linspace(0, len(idx) - 1, min(k, len(idx))).round().long()]
+
+
+def read_mask_frames(sample: Sample, pick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled frames `pick` `[k]` of a mask sample, uint8 `[k, 3, H0, W0]` read at the
+    video's resolution, and their GT masks bool `[k, H0, W0]`."""
+    from tpo.data.video import open_source
+
+    frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
+    return frames, sample.masks[pick]
+
+
 def collate_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """The annotated sampled frames of a mask sample that the mask loss sees (at most
-    MASK_FRAMES): uint8 frames `[k, 3, H0, W0]` read at the video's resolution and their GT
-    masks bool `[k, H0, W0]`.
+    MASK_FRAMES), as `read_mask_frames`.
 
     Frames where the object is visible come first (spread over its visible span), plus one
     annotated frame without it when there is one, so the head learns both to segment and to
     predict nothing; frames taken evenly from the whole clip would mostly be empty (objects
     come and go), and a head trained on them learns to predict nothing at all.
     """
-    from tpo.data.video import open_source
-
-    def spread(idx: torch.Tensor, k: int) -> torch.Tensor:
-        return idx[torch.linspace(0, len(idx) - 1, min(k, len(idx))).round().long()]
-
     seen = sample.masks.flatten(1).any(1)
     visible = (sample.mask_valid & seen).nonzero()[:, 0]
     absent = (sample.mask_valid & ~seen).nonzero()[:, 0]
     if len(visible) and len(absent):
         n_vis = min(len(visible), MASK_FRAMES - 1)
-        pick = torch.cat([spread(visible, n_vis), spread(absent, MASK_FRAMES - n_vis)])
+        pick = torch.cat(
+            [evenly_spaced(visible, n_vis), evenly_spaced(absent, MASK_FRAMES - n_vis)]
+        )
     else:
-        pick = spread(visible if len(visible) else absent, MASK_FRAMES)
-    pick = pick.sort().values
-    frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
-    return frames, sample.masks[pick]
+        pick = evenly_spaced(visible if len(visible) else absent, MASK_FRAMES)
+    return read_mask_frames(sample, pick.sort().values)

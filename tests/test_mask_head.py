@@ -17,6 +17,8 @@ from tpo.heads.mask import MaskOutput, build_mask_criterion, build_mask_head
 from tpo.heads.mask_criterion import MaskCriterion, gt_box
 from tpo.heads.sam2_backend import FeatureCache
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # SAM2 runs fastest single-threaded
+
 D_LLM = 32
 TINY = MaskHeadConfig(
     sam2_config="configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -44,15 +46,6 @@ def toy_video() -> tuple[torch.Tensor, torch.Tensor]:
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """SAM2 at this size runs fastest single-threaded on a shared CPU (threads contend)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

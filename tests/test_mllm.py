@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tpo.config import TPOConfig, load_config
 from tpo.model.build import build_collator, build_mllm
-from tpo.model.mllm import HEADS, position_ids
+from tpo.model.mllm import HEADS, label_positions, position_ids
 from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID, Turn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +107,28 @@ def test_loss_is_cross_entropy_over_answer_tokens_only(model, collator):
     counts = [len(tok(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]  # + eos
     assert kept.sum(1).tolist() == counts
     assert torch.allclose(out.loss, F.cross_entropy(logits[kept], labels[kept]), atol=1e-5)
+
+
+def test_training_loss_on_label_rows_equals_the_full_logits_loss(model, collator):
+    batch = collator([("What colour?", "It is red."), ("Where is it?", "Yes <box_begin><boxes>.")])
+    keep = label_positions(batch.labels)
+    shifted = batch.labels[:, 1:] != IGNORE_INDEX
+    assert keep.tolist() == shifted.any(0).nonzero()[:, 0].tolist() and len(keep) < shifted.shape[1]
+    grads, video = [], frames(2)
+    for return_logits in (True, False):  # full [b, s, V] logits vs the label rows only
+        out = model(
+            video,
+            batch.input_ids,
+            batch.attention_mask,
+            batch.labels,
+            return_logits=return_logits,
+        )
+        out.loss.backward()
+        (delta,) = model.llm.trainable_groups()["task_tokens"]
+        grads.append((out.loss.detach(), delta.grad.clone()))
+        model.zero_grad(set_to_none=True)
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6) and grads[0][1].abs().sum() > 0
 
 
 def test_visual_tokens_spliced_like_a_python_loop(model, collator):

@@ -11,6 +11,8 @@ from tpo.config.heads import MaskHeadConfig
 from tpo.heads.mask import build_sam2_backend
 from tpo.heads.tracking import boxes_from_masks, carry_forward, track_from_box, xyxy_to_xywh
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # SAM2 runs fastest single-threaded
+
 
 def _masks() -> torch.Tensor:
     masks = torch.zeros(4, 10, 12, dtype=torch.bool)
@@ -48,15 +50,6 @@ def test_bad_inputs():
         boxes_from_masks(torch.zeros(10, 12, dtype=torch.bool))
     with pytest.raises(ValueError, match="fmt must be"):
         boxes_from_masks(_masks(), fmt="cxcywh")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """SAM2 at this size runs fastest single-threaded on a shared CPU (threads contend)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

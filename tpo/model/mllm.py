@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from tpo.model.llm import LanguageModel
-from tpo.model.prompt import VISUAL_TOKEN_ID
+from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID
 from tpo.model.tokens import HEADS, TaskTokens
 
 if TYPE_CHECKING:
     from tpo.model.vision import VisionOutput
 
-__all__ = ["HEADS", "MLLM", "MLLMOutput", "TaskQueries", "position_ids"]
+__all__ = ["HEADS", "MLLM", "MLLMOutput", "TaskQueries", "label_positions", "position_ids"]
 
 
 class TaskQueries:
@@ -63,6 +63,15 @@ class MLLMOutput(TaskQueries):
     task_hidden: torch.Tensor
     task_head: torch.Tensor
     task_sample: torch.Tensor
+
+
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[k] positions whose logits predict a labelled token (labels [b, s], shifted by one).
+
+    The LM head then runs on these rows only: with a 32k vocabulary the full [b, s, V] logits
+    cost more time and memory than the rest of a small LLM, and most positions are prompt."""
+    target = (labels[:, 1:] != IGNORE_INDEX).any(0)
+    return target.nonzero()[:, 0]
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -161,20 +170,27 @@ class MLLM(nn.Module):
         if frames is not None:
             vision_out, visual = self.encode_visual(frames, instruction_ids, instruction_mask)
         embeds = self.embed_inputs(input_ids, visual, boxes)
+        keep = label_positions(labels) if labels is not None and not return_logits else None
         out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
-            labels=labels,
+            labels=labels if keep is None else None,
             output_hidden_states=True,
             use_cache=False,
-            logits_to_keep=0 if (labels is not None or return_logits) else 1,
+            logits_to_keep=(0 if return_logits else 1) if keep is None else keep,
         )
         hidden = out.hidden_states[-1]  # [b, s, d_llm]
         heads = self.task_tokens.head_index(input_ids).masked_fill(attention_mask == 0, -1)
         sel = heads >= 0
+        loss = out.loss
+        if keep is not None:  # the same mean CE as HF's shifted loss, on the kept rows only
+            target = labels[:, keep + 1].to(out.logits.device)
+            loss = nn.functional.cross_entropy(
+                out.logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX
+            )
         return MLLMOutput(
-            loss=out.loss if labels is not None else None,
+            loss=loss if labels is not None else None,
             logits=out.logits if return_logits else None,
             vision=vision_out,
             task_hidden=hidden[sel],

@@ -89,9 +89,9 @@ def visible_mask_frames(sample, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]
     Frames where the target is hidden have an empty GT, on which J and F are 1 for an empty
     prediction; scoring visible frames only keeps the comparison about finding the object.
     """
-    from tpo.train.builders import evenly_spaced, read_mask_frames
+    from tpo.train.builders import annotated_mask_frames, evenly_spaced, read_mask_frames
 
-    visible = (sample.masks.flatten(1).any(1) & sample.mask_valid).nonzero()[:, 0]
+    visible, _ = annotated_mask_frames(sample)
     if len(visible) == 0:  # hidden on every sampled frame: score the annotated ones
         visible = sample.mask_valid.nonzero()[:, 0]
     return read_mask_frames(sample, evenly_spaced(visible, k))

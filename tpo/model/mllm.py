@@ -170,27 +170,28 @@ class MLLM(nn.Module):
         if frames is not None:
             vision_out, visual = self.encode_visual(frames, instruction_ids, instruction_mask)
         embeds = self.embed_inputs(input_ids, visual, boxes)
-        keep = label_positions(labels) if labels is not None and not return_logits else None
+        # logits rows: all (asked for; HF then takes the loss), the labelled ones, or the last
+        keep = None if return_logits or labels is None else label_positions(labels)
         out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
-            labels=labels if keep is None else None,
+            labels=labels if return_logits else None,
             output_hidden_states=True,
             use_cache=False,
-            logits_to_keep=(0 if return_logits else 1) if keep is None else keep,
+            logits_to_keep=0 if return_logits else (1 if keep is None else keep),
         )
         hidden = out.hidden_states[-1]  # [b, s, d_llm]
         heads = self.task_tokens.head_index(input_ids).masked_fill(attention_mask == 0, -1)
         sel = heads >= 0
-        loss = out.loss
+        loss = out.loss  # None without labels
         if keep is not None:  # the same mean CE as HF's shifted loss, on the kept rows only
             target = labels[:, keep + 1].to(out.logits.device)
             loss = nn.functional.cross_entropy(
                 out.logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX
             )
         return MLLMOutput(
-            loss=loss if labels is not None else None,
+            loss=loss,
             logits=out.logits if return_logits else None,
             vision=vision_out,
             task_hidden=hidden[sel],

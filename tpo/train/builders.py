@@ -190,6 +190,12 @@ def evenly_spaced(idx: torch.Tensor, k: int) -> torch.Tensor:
     return idx[torch.linspace(0, len(idx) - 1, min(k, len(idx))).round().long()]
 
 
+def annotated_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled positions of a mask sample with a GT mask: (object visible `[m]`, empty `[m']`)."""
+    seen = sample.masks.flatten(1).any(1)
+    return (sample.mask_valid & seen).nonzero()[:, 0], (sample.mask_valid & ~seen).nonzero()[:, 0]
+
+
 def read_mask_frames(sample: Sample, pick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampled frames `pick` `[k]` of a mask sample, uint8 `[k, 3, H0, W0]` read at the
     video's resolution, and their GT masks bool `[k, H0, W0]`."""
@@ -208,9 +214,7 @@ def collate_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     predict nothing; frames taken evenly from the whole clip would mostly be empty (objects
     come and go), and a head trained on them learns to predict nothing at all.
     """
-    seen = sample.masks.flatten(1).any(1)
-    visible = (sample.mask_valid & seen).nonzero()[:, 0]
-    absent = (sample.mask_valid & ~seen).nonzero()[:, 0]
+    visible, absent = annotated_mask_frames(sample)
     if len(visible) and len(absent):
         n_vis = min(len(visible), MASK_FRAMES - 1)
         pick = torch.cat(

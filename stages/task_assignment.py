@@ -10,5 +10,7 @@ STAGE1 = Stage(
     lm_weight=1.0,
     head_losses=False,
     init_from=None,
-    optional_groups=("llm",),  # the whole LLM, e.g. a small random one that LoRA cannot adapt
+    # the whole LLM, e.g. a small random one that LoRA cannot adapt; the connector, when it
+    # starts random and must first learn to see (train.align_weight)
+    optional_groups=("llm", "connector"),
 )

@@ -57,6 +57,8 @@ def test_wrong_type_names_key(tmp_path):
 def test_schema_check_and_cli_errors(tmp_path):
     with pytest.raises(ConfigError, match="train.stage must be 1, 2 or 3"):
         load_config(TPOConfig, [], ["train.stage=4"])
+    with pytest.raises(ConfigError, match="train.align_weight must be >= 0"):
+        load_config(TPOConfig, [], ["train.align_weight=-1"])
     with pytest.raises(ConfigError, match="command line.*key=value"):
         load_config(TPOConfig, [], ["train.stage"])
     with pytest.raises(ConfigError, match="not found"):

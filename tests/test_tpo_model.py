@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tpo.config import TPOConfig, load_config
+from tpo.model.alignment import VideoTextAlignment
 from tpo.stages import get_stage
 from tpo.train.builders import build_train_data, build_train_model
 from tpo.train.distributed import DistInfo
@@ -77,3 +78,32 @@ def test_lm_only_batch_gives_lm_loss_and_zero_head_losses(setup):
     out = model(batch)
     assert torch.isclose(out["loss"], out["loss/lm"] * model.lm_weight, atol=1e-5)
     assert float(out["loss/temporal/weighted"]) == 0.0
+
+
+def test_alignment_loss_trains_the_connector_and_leaves_the_word_embeddings(setup):
+    model, data = setup
+    model.alignment = VideoTextAlignment(model.mllm.task_tokens.ids.all)
+    model.align_weight = 0.5
+    batch = next(data.iterate(0))
+    # give every row a different worded answer (its last two prompt tokens), no task tokens
+    labels = torch.full_like(batch.labels, -100)
+    for i in range(len(batch)):
+        pos = (batch.attention_mask[i] > 0).nonzero()[-3:-1, 0]
+        labels[i, pos] = torch.tensor([1000 + i, 2000 + i])
+    batch.labels = labels
+    for p in model.parameters():
+        p.requires_grad_(False)
+    connector = model.trainable_groups()["connector"]
+    embeddings = model.mllm.llm.input_embeddings().weight
+    for p in [*connector, embeddings]:
+        p.requires_grad_(True)
+    model.zero_grad()
+    model.lm_weight, model.head_losses = 0.0, False
+    out = model(batch)
+    assert float(out["loss/align"]) > 0
+    assert torch.isclose(out["loss"], out["loss/align"] * model.align_weight, atol=1e-5)
+    out["loss"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in connector if p.grad is not None) > 0
+    assert embeddings.grad is None or float(embeddings.grad.abs().sum()) == 0
+    model.lm_weight, model.head_losses = 1.0, True
+    model.alignment, model.align_weight = None, 0.0

@@ -61,6 +61,10 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.05
     clip_grad: float = 1.0
+    # video-text contrastive alignment of the visual tokens (tpo.model.alignment): 0 for models
+    # that start from aligned VideoChat2 weights, > 0 when the vision side starts random
+    align_weight: float = 0.0
+    align_temperature: float = 0.07
     bf16: bool = True
     log_every: int = 1
     save_every: int = 0  # 0: only at the end
@@ -72,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"train.stage must be 1, 2 or 3, got {self.stage}")
         if self.max_steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
             raise ValueError("train.max_steps, train.micro_batch and train.grad_accum must be >= 1")
+        if self.align_weight < 0 or self.align_temperature <= 0:
+            raise ValueError("train.align_weight must be >= 0 and train.align_temperature > 0")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(
                 "train.min_lr_ratio must be in [0, 1] and train.warmup_ratio in [0, 1)"

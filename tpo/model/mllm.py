@@ -52,6 +52,7 @@ class MLLMOutput(TaskQueries):
     loss: LM loss over answer tokens (labels != -100), or None without labels.
     logits: [b, s, V] when asked for (return_logits=True), else None.
     vision: the encoder output (patches [b, f*p, d_v], frames [b, f, d_v]) or None (no frames).
+    visual: the connector's visual tokens [b, q, d_llm] or None (no frames).
     task_hidden: [n, d_llm] last-layer hidden state at each content token, batch-major and in
         sequence order within a sample; task_head: [n] long (index into HEADS);
     task_sample: [n] long batch row of each.
@@ -60,6 +61,7 @@ class MLLMOutput(TaskQueries):
     loss: torch.Tensor | None
     logits: torch.Tensor | None
     vision: VisionOutput | None
+    visual: torch.Tensor | None
     task_hidden: torch.Tensor
     task_head: torch.Tensor
     task_sample: torch.Tensor
@@ -194,6 +196,7 @@ class MLLM(nn.Module):
             loss=loss,
             logits=out.logits if return_logits else None,
             vision=vision_out,
+            visual=visual,
             task_hidden=hidden[sel],
             task_head=heads[sel],
             task_sample=sel.nonzero()[:, 0],

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tpo.model.mllm import HEADS, MLLM
+from tpo.model.prompt import VISUAL_TOKEN_ID
 
 
 @dataclass
@@ -66,6 +67,8 @@ class TPOModel(nn.Module):
     `lm_weight` 0 skips the LM loss (stage 2); `head_losses` False skips the heads (stage 1).
     `temporal_features(video, duration) -> (feats [t, d], timestamps [t])` gives the temporal
     head's per-frame features (a `tpo.heads.temporal_features.FrameFeatureCache`).
+    `alignment` (a `tpo.model.alignment.VideoTextAlignment`) adds `align_weight` x its
+    video-text contrastive loss, for a vision side that starts random.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class TPOModel(nn.Module):
         temporal_features=None,
         lm_weight: float = 1.0,
         head_losses: bool = True,
+        alignment: nn.Module | None = None,
+        align_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.mllm = mllm
@@ -84,6 +89,7 @@ class TPOModel(nn.Module):
         self.criterion = criterion
         self.temporal_features = temporal_features
         self.lm_weight, self.head_losses = lm_weight, head_losses
+        self.alignment, self.align_weight = alignment, align_weight
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """The MLLM's groups plus one group per head."""
@@ -163,6 +169,11 @@ class TPOModel(nn.Module):
             lm_loss=out.loss if use_lm else None,
             heads=self.heads if self.head_losses else None,
         )
+        if self.alignment is not None and self.align_weight > 0 and out.visual is not None:
+            has_video = (batch.input_ids == VISUAL_TOKEN_ID).any(1)
+            align = self.alignment(out.visual, batch.labels, self.mllm.llm.embed, has_video)
+            losses["align"] = align
+            total = total + self.align_weight * align
         # every trainable parameter joins the graph (a zero gradient when unused this step)
         total = total + zero_through_all(self)
         return {"loss": total, **{f"loss/{k}": v.detach() for k, v in losses.items()}}

@@ -45,6 +45,11 @@ def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOModel:
             tcfg.max_feats,
             memory_items=256 if frozen else 0,
         )
+    alignment = None
+    if cfg.train.align_weight > 0:
+        from tpo.model.alignment import VideoTextAlignment
+
+        alignment = VideoTextAlignment(mllm.task_tokens.ids.all, cfg.train.align_temperature)
     return TPOModel(
         mllm,
         heads,
@@ -52,6 +57,8 @@ def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOModel:
         temporal_features=features,
         lm_weight=stage.lm_weight,
         head_losses=stage.head_losses,
+        alignment=alignment,
+        align_weight=cfg.train.align_weight,
     )
 
 

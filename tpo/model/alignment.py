@@ -47,11 +47,11 @@ class VideoTextAlignment(nn.Module):
         rows = answer.any(1) & ~has_task
         if has_video is not None:
             rows &= has_video.to(rows.device)
-        zero = visual.float().sum() * 0.0
         idx = rows.nonzero()[:, 0]
         texts = [tuple(labels[i][answer[i]].tolist()) for i in idx.tolist()]
-        if len(set(texts)) < 2:
-            return zero
+        index = {t: k for k, t in enumerate(dict.fromkeys(texts))}  # answer -> its number
+        if len(index) < 2:
+            return visual.float().sum() * 0.0
         with torch.no_grad():
             ids = labels[idx].clamp(min=0)
             weight = answer[idx].unsqueeze(-1).float()  # [n, s, 1]
@@ -59,10 +59,9 @@ class VideoTextAlignment(nn.Module):
             text = F.normalize(words, dim=-1)
         video = F.normalize(visual[idx.to(visual.device)].float().mean(1), dim=-1)  # [n, d]
         logits = video @ text.to(video.device).T / self.temperature  # [n, n]
-        same = torch.tensor(
-            [[a == b for b in texts] for a in texts], dtype=torch.float, device=logits.device
-        )
+        answer_id = torch.tensor([index[t] for t in texts], device=logits.device)
+        same = (answer_id[:, None] == answer_id[None, :]).float()  # symmetric: rows = columns
         target = same / same.sum(1, keepdim=True)
         to_text = -(target * logits.log_softmax(1)).sum(1).mean()
         to_video = -(target * logits.log_softmax(0)).sum(0).mean()
-        return (to_text + to_video) / 2 + zero
+        return (to_text + to_video) / 2

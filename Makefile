@@ -75,7 +75,7 @@ learning: data
 # objective and the ensemble (one table, also in outputs/popen/eval/table.md).
 POPEN_LIMIT ?= 24
 popen: data
-	$(TPO) popen collect --checkpoint $(CKPT) --out outputs/popen/seg --limit $(POPEN_LIMIT) --textual outputs/popen/textual.jsonl
+	$(TPO) popen collect --checkpoint $(CKPT) --config configs/tiny/stage3_popen.yaml --out outputs/popen/seg --limit $(POPEN_LIMIT) --textual outputs/popen/textual.jsonl
 	$(MAKE) stage3-popen
 	$(TPO) popen evaluate --checkpoint $(CKPT) --checkpoint outputs/stage3_popen/final --annotations $(DATA)/annotations/mevis_test --videos $(DATA)/videos --limit $(EVAL_LIMIT) --out outputs/popen/eval
 

@@ -3,6 +3,7 @@ IoU, ranked), the loader and the clean-input rebuild, and the textual set P_t.""
 
 import json
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,30 @@ def test_cli_collects_both_sets(setup, tmp_path, monkeypatch, capsys):
     assert len(lines) <= 1 and "P_s: 1 samples" in capsys.readouterr().out
     assert main(argv) == 0  # a rerun finds the sample done
     assert len((out / INDEX_FILE).read_text().splitlines()) == 1
+
+
+def test_cli_perturbations_come_from_the_config_unless_flagged(setup, tmp_path, monkeypatch):
+    from tpo.popen.cli import main
+    from tpo.popen.collect_cli import perturbation_settings
+
+    model, _, records = setup
+    ckpt = Path(records[0].video).parents[1] / "ckpt"
+    monkeypatch.setattr("tpo.train.export.load_inference_model", lambda folder, device: model)
+    yaml = tmp_path / "popen.yaml"
+    yaml.write_text("popen:\n  n: 3\n  n_rects: 1\n  noise_std: 0.5\n  seed: 7\n")
+    out = tmp_path / "ps"
+    argv = ["collect", "--checkpoint", str(ckpt), "--out", str(out), "--limit", "1"]
+    assert main([*argv, "--config", str(yaml)]) == 0
+    assert load_segmentation_preferences(out)[0].embeddings.shape[0] == 3  # popen.n of the YAML
+    with pytest.raises(ValueError, match="collected with .*'n': 3"):  # the index has n=3
+        main([*argv, "--config", str(yaml), "--n", "2"])
+    popen = load_config(TPOConfig, [yaml]).popen
+    flags = SimpleNamespace(n=None, rects=2, noise_std=None, seed=None)
+    assert perturbation_settings(flags, popen) == {
+        "n": 3,
+        "n_rects": 2,
+        "noise_std": 0.5,
+        "seed": 7,
+    }
+    defaults = perturbation_settings(flags, TPOConfig().popen)  # the checkpoint's (default) popen
+    assert defaults == {"n": 30, "n_rects": 2, "noise_std": 1.0, "seed": 0}

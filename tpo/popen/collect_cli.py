@@ -1,5 +1,9 @@
-"""`tpo popen collect --checkpoint DIR --out DIR [--n 30] [--seed 0] [--limit N]
+"""`tpo popen collect --checkpoint DIR --out DIR [--config FILE] [--n 30] [--seed 0] [--limit N]
 [--textual OUT.jsonl]`: POPEN's preference sets from a trained model.
+
+The perturbation settings (n, rectangles, noise std, seed) are the `popen` section of `--config`
+(e.g. the preference stage's YAML, so collection and training read one file), else of the
+checkpoint's config; a flag given on the command line wins over both.
 
 Data: the mask records of the manifest (default: the checkpoint config's `data.manifest`, e.g.
 the toy world's stage-3 train split), sampled as at evaluation ('middle', `data.num_frames`
@@ -28,13 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--datasets", nargs="+", default=None, metavar="NAME", help="only these manifest datasets"
     )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML whose `popen` section sets the defaults"
+    )
     parser.add_argument("--num-frames", type=int, default=None, help="default: data.num_frames")
-    parser.add_argument("--n", type=int, default=30, help="perturbed runs per sample")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    parser.add_argument("--n", type=int, default=None, help="perturbed runs per sample (popen.n)")
+    parser.add_argument("--seed", type=int, default=None, help="perturbation seed (popen.seed)")
     parser.add_argument("--limit", type=int, default=None, help="at most N samples per set")
     parser.add_argument("--chunk", type=int, default=8, help="rows per model call")
-    parser.add_argument("--rects", type=int, default=3, help="noisy rectangles per input")
-    parser.add_argument("--noise-std", type=float, default=1.0, help="noise std (normalised)")
+    parser.add_argument("--rects", type=int, default=None, help="rectangles (popen.n_rects)")
+    parser.add_argument("--noise-std", type=float, default=None, help="noise (popen.noise_std)")
     parser.add_argument("--textual", type=Path, default=None, help="also write P_t to this jsonl")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="P_t answer length limit")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
@@ -58,6 +65,12 @@ def _samples(records: Sequence, num_frames: int, img_size: int) -> Iterator:
             log.warning("skipping %s: %s", records[i].source, err)
 
 
+def perturbation_settings(args: argparse.Namespace, popen) -> dict:
+    """n, n_rects, noise_std and seed: each flag given on the command line, else `popen`'s."""
+    flags = {"n": args.n, "n_rects": args.rects, "noise_std": args.noise_std, "seed": args.seed}
+    return {k: getattr(popen, k) if v is None else v for k, v in flags.items()}
+
+
 def run(args: argparse.Namespace) -> int:
     """Collect P_s (and P_t with --textual); print where they went."""
     from tpo.config import TPOConfig, load_config
@@ -77,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if not (args.checkpoint / "config.yaml").is_file():
         raise SystemExit(f"tpo popen collect: {args.checkpoint} has no config.yaml")
     cfg = load_config(TPOConfig, [args.checkpoint / "config.yaml"])
+    popen = cfg.popen if args.config is None else load_config(TPOConfig, [args.config]).popen
+    settings = perturbation_settings(args, popen)
+    log.info("perturbations: %s", settings)
     model = load_inference_model(args.checkpoint, args.device)
     collator = build_collator(cfg.model, model.mllm)
     manifest = load_manifest(args.manifest or cfg.data.manifest)
@@ -92,9 +108,8 @@ def run(args: argparse.Namespace) -> int:
     todo = [r for r in records if r.task == "mask" and sample_id(r) not in done]
     log.info("P_s: %d mask samples to do, %d already in %s", len(todo), len(done), args.out)
     index = collect_segmentation(
-        model, _samples(todo, frames, img), args.out, collator=collator, n=args.n,
-        seed=args.seed, limit=args.limit, chunk=args.chunk, n_rects=args.rects,
-        noise_std=args.noise_std,
+        model, _samples(todo, frames, img), args.out, collator=collator, limit=args.limit,
+        chunk=args.chunk, **settings,
     )  # fmt: skip
     print(f"P_s: {sum(1 for _ in index.open())} samples indexed in {index}")
     if args.textual is not None:

@@ -217,3 +217,33 @@ def test_bad_inputs(pipe, world, tmp_path):
         tpo.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         tpo.load(tmp_path / "nowhere")
+
+
+def test_pipeline_and_predict_share_the_head_calls(pipe, world):
+    """The API's windows and box are those of tpo.infer.predict's helpers for the same query:
+    one temporal call, and the region head refining on the asked frame's patches."""
+    from tpo.infer.predict import asked_frame_patches, run_temporal_head
+
+    inp = pipe.load_input(_video(world))
+    gen = _generation(pipe, inp, ["temporal", "region"])
+    ans = pipe.ground(gen, [inp], ["What is at 1 s?"])[0]
+    feats, stamps = pipe.temporal_features(inp)
+    wins, saliency = run_temporal_head(pipe.model, gen.task_hidden[:1], feats, stamps, inp.duration)
+    assert [[w.start, w.end, w.score] for w in ans.windows] == wins
+    np.testing.assert_allclose(ans.saliency, saliency)
+    f = int(np.abs(inp.indices / inp.fps - 1.0).argmin())
+    patches = asked_frame_patches(pipe.model, gen, 0, f)
+    t = gen.vision.frames.shape[1]
+    per_frame = gen.vision.patches.shape[1] // t
+    assert patches.shape == (1, per_frame, gen.vision.patches.shape[-1])
+    torch.testing.assert_close(
+        patches[0], gen.vision.patches[0, f * per_frame : (f + 1) * per_frame]
+    )
+    torch.testing.assert_close(
+        asked_frame_patches(pipe.model, gen, 0), asked_frame_patches(pipe.model, gen, 0, t // 2)
+    )
+    box = pipe.model.heads["region"](gen.task_hidden[1:2], patches).boxes[0].clamp(0, 1)
+    h, w = inp.size
+    np.testing.assert_allclose(
+        ans.boxes[0].box, (box * torch.tensor([w, h, w, h])).tolist(), rtol=1e-5
+    )

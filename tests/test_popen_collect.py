@@ -3,8 +3,8 @@ IoU, ranked), the loader and the clean-input rebuild, and the textual set P_t.""
 
 import json
 import shutil
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest

@@ -18,6 +18,7 @@ import torch
 
 from tpo.data.video import FrameSource, VideoError, load_video, normalize_frames, open_source
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack, TimeWindow
+from tpo.infer.predict import asked_frame_patches, run_temporal_head
 from tpo.model.mllm import HEADS
 from tpo.model.prompt import PromptCollator, Turn
 
@@ -262,26 +263,15 @@ class TPOPipeline:
         return cache.encode(frames).float().cpu(), times
 
     def _temporal(self, query: torch.Tensor, inp: VideoInput, ans: GroundedAnswer) -> None:
-        from tpo.heads.temporal import postprocess_saliency, postprocess_spans
-
         feats, stamps = self.temporal_features(inp)
-        dur = torch.tensor([inp.duration], device=self.device)
-        out = self.model.heads["temporal"](
-            query, feats[None].to(self.device, self.dtype), stamps[None].to(self.device), dur
-        )
-        wins = postprocess_spans(out, dur.cpu())[0]
+        wins, saliency = run_temporal_head(self.model, query, feats, stamps, inp.duration)
         ans.windows = [TimeWindow(s, e, sc) for s, e, sc in wins]
-        ans.saliency = np.asarray(postprocess_saliency(out)[0])
+        ans.saliency = np.asarray(saliency)
         ans.saliency_times = stamps.numpy()[: len(ans.saliency)]
 
     def _region(self, query, gen, i: int, f: int, inp: VideoInput) -> BoxPrediction:
-        head = self.model.heads["region"]
-        patches = None
-        if gen.vision is not None and getattr(head, "refine", False):
-            b, t = gen.vision.frames.shape[:2]
-            per = gen.vision.patches.view(b, t, -1, gen.vision.patches.shape[-1])
-            patches = per[i : i + 1, f]
-        norm = head(query, patches).boxes[0].float().clamp(0, 1).cpu()
+        patches = asked_frame_patches(self.model, gen, i, f)
+        norm = self.model.heads["region"](query, patches).boxes[0].float().clamp(0, 1).cpu()
         h, w = inp.size
         box = (norm * torch.tensor([w, h, w, h], dtype=torch.float32)).tolist()
         idx = int(inp.indices[f])

@@ -34,6 +34,36 @@ class Prediction:
     masks: np.ndarray | None = None
 
 
+def run_temporal_head(
+    model: TPOModel,
+    query: torch.Tensor,
+    feats: torch.Tensor,
+    stamps: torch.Tensor,
+    duration: float,
+    nms_iou: float | None = None,
+) -> tuple[list[list[float]], list[float]]:
+    """One temporal-head call: query `[1, d]`, features `[t, d_f]` at times `stamps` `[t]` s of a
+    `duration`-s video -> (windows [[start_s, end_s, score]] sorted, per-feature saliency)."""
+    from tpo.heads.temporal import postprocess_saliency, postprocess_spans
+
+    device, dtype = query.device, query.dtype
+    dur = torch.tensor([duration], device=device)
+    out = model.heads["temporal"](
+        query, feats[None].to(device, dtype), stamps[None].to(device), dur
+    )
+    return postprocess_spans(out, dur.cpu(), nms_iou)[0], postprocess_saliency(out)[0]
+
+
+def asked_frame_patches(model: TPOModel, gen, i: int, f: int | None = None) -> torch.Tensor | None:
+    """Patches `[1, p, d_v]` of sampled frame `f` (default: the middle one) of batch row `i` of a
+    `GenerationOutput`, for a region head that refines on them; None when the head does not."""
+    if gen.vision is None or not getattr(model.heads["region"], "refine", False):
+        return None
+    b, t = gen.vision.frames.shape[:2]
+    per = gen.vision.patches.view(b, t, -1, gen.vision.patches.shape[-1])  # [b, t, p, d_v]
+    return per[i : i + 1, t // 2 if f is None else f]
+
+
 @torch.no_grad()
 def predict(
     model: TPOModel,
@@ -54,8 +84,6 @@ def predict(
     box_frames: position in f of the frame a region question asks about (default: middle);
     mask_frames: per sample uint8 frames `[k, 3, H0, W0]` the mask head predicts on.
     """
-    from tpo.heads.temporal import postprocess_saliency, postprocess_spans
-
     model.eval()
     dtype = next(model.mllm.llm.parameters()).dtype
     device = next(model.parameters()).device
@@ -77,22 +105,12 @@ def predict(
         query = gen.task_hidden[k : k + 1]
         if name == "temporal" and not preds[i].windows:
             feats, stamps = model.temporal_features(videos[i], durations[i])
-            out = model.heads["temporal"](
-                query,
-                feats[None].to(device, dtype),
-                stamps[None].to(device),
-                torch.tensor([durations[i]], device=device),
+            preds[i].windows, preds[i].saliency = run_temporal_head(
+                model, query, feats, stamps, durations[i], nms_iou
             )
-            preds[i].windows = postprocess_spans(out, torch.tensor([durations[i]]), nms_iou)[0]
-            preds[i].saliency = postprocess_saliency(out)[0]
             preds[i].saliency_times = stamps.tolist()
         elif name == "region" and preds[i].box is None:
-            patches = None
-            if gen.vision is not None and getattr(model.heads["region"], "refine", False):
-                t = gen.vision.frames.shape[1]
-                per = gen.vision.patches.view(b, t, -1, gen.vision.patches.shape[-1])
-                f = (box_frames or [t // 2] * b)[i]
-                patches = per[i : i + 1, f]
+            patches = asked_frame_patches(model, gen, i, box_frames[i] if box_frames else None)
             preds[i].box = model.heads["region"](query, patches).boxes[0].float().tolist()
         elif (
             name == "mask" and preds[i].masks is None and mask_frames and mask_frames[i] is not None

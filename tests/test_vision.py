@@ -10,6 +10,7 @@ from tpo.config.model import VisionConfig
 from tpo.model import vision as vision_mod
 from tpo.model.vision import (
     VisionEncoder,
+    VisionOutput,
     build_vision,
     count_parameters,
     position_embedding,
@@ -195,3 +196,14 @@ def test_checkpoint_with_official_names_loads_strictly(tmp_path):
     save_file(official, str(path))
     with pytest.raises(ValueError, match=r"missing \['blocks.1.attn.q_bias'\]"):
         build_vision(tiny(checkpoint=str(path)))
+
+
+def test_frame_patches_picks_each_rows_frame():
+    b, t, p, d = 2, 3, 4, 5
+    patches = torch.arange(b * t * p * d, dtype=torch.float32).view(b, t * p, d)
+    out = VisionOutput(patches=patches, frames=torch.zeros(b, t, d))
+    got = out.frame_patches(torch.tensor([1, 0, 1]), torch.tensor([2, 0, 0]))
+    assert got.shape == (3, p, d)
+    assert torch.equal(got[0], patches[1, 2 * p : 3 * p])  # row 1, frame 2: patches 8..11
+    assert torch.equal(got[1], patches[0, :p])
+    assert torch.equal(got[2], patches[1, :p])

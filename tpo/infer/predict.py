@@ -59,9 +59,8 @@ def asked_frame_patches(model: TPOModel, gen, i: int, f: int | None = None) -> t
     `GenerationOutput`, for a region head that refines on them; None when the head does not."""
     if gen.vision is None or not getattr(model.heads["region"], "refine", False):
         return None
-    b, t = gen.vision.frames.shape[:2]
-    per = gen.vision.patches.view(b, t, -1, gen.vision.patches.shape[-1])  # [b, t, p, d_v]
-    return per[i : i + 1, t // 2 if f is None else f]
+    t = gen.vision.frames.shape[1]
+    return gen.vision.frame_patches(torch.tensor([i]), torch.tensor([t // 2 if f is None else f]))
 
 
 @torch.no_grad()

@@ -183,13 +183,8 @@ def _frame_patches(out, batch: TrainBatch, samples: list[int]) -> torch.Tensor |
     """Patches of the asked frame of each region sample `[m, p, d_v]`."""
     if out.vision is None or batch.box_frames is None:
         return None
-    patches = out.vision.patches  # [b, t*p, d_v]
-    t = out.vision.frames.shape[1]
-    p = patches.shape[1] // t
-    rows = torch.tensor(samples, device=patches.device)
-    frame = batch.box_frames.to(patches.device)[rows].clamp(min=0)
-    per_frame = patches.view(patches.shape[0], t, p, -1)
-    return per_frame[rows, frame]
+    rows = torch.tensor(samples)
+    return out.vision.frame_patches(rows, batch.box_frames.cpu()[rows].clamp(min=0))
 
 
 def _saliency_on(target: dict, stamps: torch.Tensor) -> dict:

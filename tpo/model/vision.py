@@ -57,6 +57,12 @@ class VisionOutput:
     patches: Tensor
     frames: Tensor
 
+    def frame_patches(self, rows: Tensor, frames: Tensor) -> Tensor:
+        """Patches `[m, p, d_v]` of (tubelet) frame `frames[k]` of batch row `rows[k]` (both `[m]`)."""
+        b, t = self.frames.shape[:2]
+        per_frame = self.patches.view(b, t, -1, self.patches.shape[-1])  # [b, t, p, d_v]
+        return per_frame[rows.to(per_frame.device), frames.to(per_frame.device)]
+
 
 def sinusoid_table(n: int, d: int) -> Tensor:
     """[n, d] float32: angle pos / 10000^(2*(j//2)/d), sin on even j, cos on odd j."""

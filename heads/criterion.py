@@ -39,14 +39,6 @@ def weighted_sum(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float])
     return torch.stack([t.float() for t in terms]).sum()
 
 
-def _zero_through(module: nn.Module) -> Tensor | None:
-    """0 * (sum of the trainable parameters): exactly zero, with a zero grad for each of them."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        return None
-    return torch.stack([p.float().sum() for p in params]).sum() * 0.0
-
-
 class MultiTaskCriterion(nn.Module):
     """LM loss + per-head criteria on the content tokens routed to each head.
 
@@ -128,8 +120,9 @@ class MultiTaskCriterion(nn.Module):
             losses.update({f"{name}/{k}": v for k, v in named.items()})
             losses[f"{name}/weighted"] = part
             total = total + part
-        for head in (heads or {}).values():
-            through = _zero_through(head)
-            if through is not None:
-                total = total + through.to(device)
+        if heads:
+            from tpo.model.tpo_model import zero_through_all
+
+            for head in heads.values():  # a zero gradient for heads without samples
+                total = total + zero_through_all(head).to(device)
         return total, losses

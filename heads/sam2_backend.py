@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from tpo.config.heads import MaskHeadConfig
+from tpo.model.sharding import is_sharded, whole
 
 SAM_MEAN = (0.485, 0.456, 0.406)  # SAM2's image normalisation (sam2.utils.transforms)
 SAM_STD = (0.229, 0.224, 0.225)
@@ -181,6 +182,17 @@ class SAM2Backend(nn.Module):
         """The mask decoder's parameters (trainable only with `train_decoder`)."""
         return list(self.sam.sam_mask_decoder.parameters())
 
+    def zero3_external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where SAM2's forward reads a child's weight directly (the
+        decoder's output tokens, the prompt encoder's point embeddings): ZeRO-3 must gather
+        each with the module that reads it (`deepspeed.zero.register_external_parameter`)."""
+        dec, enc = self.sam.sam_mask_decoder, self.sam.sam_prompt_encoder
+        tokens = [dec.iou_token, dec.mask_tokens, getattr(dec, "obj_score_token", None)]
+        points = [*enc.point_embeddings, enc.not_a_point_embed, enc.no_mask_embed]
+        return [(dec, t.weight) for t in tokens if t is not None] + [
+            (enc, e.weight) for e in points
+        ]
+
     @property
     def device(self) -> torch.device:
         return self.sam.no_mem_embed.device
@@ -204,13 +216,16 @@ class SAM2Backend(nn.Module):
         predictor's images) that bf16 weights would not match. Frozen tensors are in no
         optimizer, so re-casting them in place is safe; a trainable decoder keeps its dtype."""
         for t in self._frozen_tensors():
-            if t.is_floating_point() and t.dtype != torch.float32:
+            if is_sharded(t):  # ZeRO-3 shard: gathered in the engine's dtype on each use
+                self._sharded = True
+            elif t.is_floating_point() and t.dtype != torch.float32:
                 t.data = t.data.float()
 
     def _autocast(self) -> torch.autocast:
-        """bf16 autocast over fp32 weights on CUDA, SAM2's own way of running fast."""
-        on_cuda = self.device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda)
+        """bf16 autocast over fp32 weights on CUDA, SAM2's own way of running fast; also on the
+        CPU when ZeRO-3 shards the weights (they stay bf16, autocast matches SAM2's fp32 inputs)."""
+        on = self.device.type == "cuda" or getattr(self, "_sharded", False)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:
         """Raw FPN features of `[k, 3, H, W]` frames, one `(l0, l1, l2)` tuple per frame."""
@@ -249,14 +264,17 @@ class SAM2Backend(nn.Module):
         high_res = [decoder.conv_s0(l0), decoder.conv_s1(l1)]
         embed = l2
         if self.sam.directly_add_no_mem_embed:  # as SAM2 does for frames without memory
-            embed = embed + self.sam.no_mem_embed.view(1, -1, 1, 1).to(dtype)
+            with whole(self.sam.no_mem_embed):
+                embed = embed + self.sam.no_mem_embed.view(1, -1, 1, 1).to(dtype)
         return ImageFeatures(embed, high_res)
 
     def no_mask_dense(self, n: int) -> Tensor:
         """SAM2's dense prompt for "no mask input" `[n, 256, h, w]`."""
         size = self.sam.sam_prompt_encoder.image_embedding_size
         weight = self.sam.sam_prompt_encoder.no_mask_embed.weight
-        return weight.reshape(1, -1, 1, 1).expand(n, -1, *size)
+        with whole(weight):  # frozen: a copy outlives the gathered weight under ZeRO-3
+            vector = weight.detach().clone() if is_sharded(weight) else weight
+        return vector.reshape(1, -1, 1, 1).expand(n, -1, *size)
 
     def decode(self, sparse: Tensor, feats: ImageFeatures, dense: Tensor | None = None) -> Tensor:
         """Single-mask logits `[k, 4h, 4w]` (h = S/16) for `k` frames with prompts `sparse

@@ -133,8 +133,11 @@ class TemporalHead(nn.Module):
         if self.spatial:
             feats = self._pool(query.to(dtype), feats)
         frames = self.feat_proj(feats) + timestamp_encoding(tau, self.hidden).to(dtype)
-        frames = frames + self.type_embed.weight[1]  # [n, t, h]
-        cond = self.query_proj(query.to(dtype))[:, None] + self.type_embed.weight[0]  # [n, 1, h]
+        # the embedding tables are called, not indexed, so that ZeRO-3 gathers them
+        rows = torch.arange(2, device=feats.device)
+        video_type, query_type = self.type_embed(rows[1]), self.type_embed(rows[0])  # [h]
+        frames = frames + video_type  # [n, t, h]
+        cond = self.query_proj(query.to(dtype))[:, None] + query_type  # [n, 1, h]
 
         src = torch.cat([cond, frames], dim=1)  # [n, 1+t, h]
         pad = torch.cat([mask.new_zeros(n, 1), ~mask], dim=1)  # True = ignore
@@ -142,7 +145,8 @@ class TemporalHead(nn.Module):
 
         # nn.TransformerDecoder returns only the last layer; run its layers to keep each output
         # (DETR's return_intermediate) for the auxiliary losses.
-        x = self.query_embed.weight[None].expand(n, -1, -1) + cond  # [n, q, h]
+        slots = self.query_embed(torch.arange(self.query_embed.num_embeddings, device=feats.device))
+        x = slots[None].expand(n, -1, -1) + cond  # [n, q, h]
         layers = []
         for layer in self.decoder.layers:
             x = layer(x, memory, memory_key_padding_mask=pad)

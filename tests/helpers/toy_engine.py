@@ -1,7 +1,8 @@
 """A tiny regression model and dataset that exercise the stage engine in milliseconds.
 
 Also runnable as a script (used by the resume and 2-process tests):
-`python -m tests.helpers.toy_engine OUT_DIR STAGE MAX_STEPS SAVE_EVERY [--resume] [--sleep S]`.
+`python -m tests.helpers.toy_engine OUT_DIR STAGE MAX_STEPS SAVE_EVERY [--resume] [--sleep S]
+[--deepspeed JSON]`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def builders(sleep: float = 0.0):
 
 def main() -> None:
     from tpo.stages import get_stage
+    from tpo.train.checkpoint import trained_state
     from tpo.train.engine import StageRunner
 
     p = argparse.ArgumentParser()
@@ -122,16 +124,19 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--init", default=None, help="checkpoint to start from")
+    p.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON (default zero2)")
     p.add_argument("--local_rank", type=int, default=0)  # the deepspeed launcher passes it
     a = p.parse_args()
     cfg = toy_config(a.out, a.stage, a.max_steps, a.save_every)
     cfg.train.init_from = a.init
+    if a.deepspeed:
+        cfg.train.deepspeed = a.deepspeed
     runner = StageRunner(cfg, get_stage(a.stage), *builders(a.sleep))
     runner.run(resume=a.resume)
-    # Each rank prints a checksum of its trained parameters (the 2-process test compares them).
-    total = sum(
-        float(p.detach().double().sum()) for p in runner.model.parameters() if p.requires_grad
-    )
+    # Each rank prints a checksum of its trained parameters, whole (gathered under ZeRO-3), as
+    # the checkpoint stores them (the 2-process test compares them).
+    trained = trained_state(runner.model, runner.groups)
+    total = sum(float(t.double().sum()) for t in trained.values())
     print(f"RANK{runner.dist.rank} CHECKSUM {total:.12e}", flush=True)
 
 

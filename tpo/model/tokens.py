@@ -142,8 +142,10 @@ class TaskTokens(nn.Module):
         match = input_ids.unsqueeze(-1) == self.content_ids  # [b, s, 3]
         return torch.where(match.any(-1), match.long().argmax(-1), -1)
 
-    def substitute(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """Replace the embeddings [b, s, d] at content-token positions by the learned vectors."""
+    def forward(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Replace the embeddings [b, s, d] at content-token positions by the learned vectors.
+
+        Called through the module (the embedding hook does), so ZeRO-3 gathers `content`."""
         head = self.head_index(input_ids)  # [b, s]
         rows = self.content[head.clamp(min=0)].to(embeds.dtype)  # [b, s, d]
         return torch.where(head.unsqueeze(-1) >= 0, rows, embeds)
@@ -153,7 +155,7 @@ class TaskTokens(nn.Module):
         return self.box_encoder(boxes.to(self.content.dtype))
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self.substitute(args[0], output)
+        return self(args[0], output)
 
     def attach(self, embedding: nn.Module) -> RemovableHandle:
         """Hook the LLM's input embedding layer so content tokens get the learned vectors."""

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +25,34 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tpo.model.sharding import whole
+
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"
 
 
-def trained_state(model: nn.Module, groups: list[str]) -> dict[str, torch.Tensor]:
-    """The named tensors of the given trainable groups (names as in `model.state_dict()`)."""
+def group_names(model: nn.Module, groups: list[str]) -> list[str]:
+    """Names (as in `model.named_parameters()`) of the parameters of the given groups."""
     declared = model.trainable_groups()
     wanted = {id(p) for g in groups if g in declared for p in declared[g]}
-    return {
-        name: p.detach().to("cpu").contiguous().clone()
-        for name, p in model.named_parameters()
-        if id(p) in wanted
-    }
+    return [name for name, p in model.named_parameters() if id(p) in wanted]
 
 
-def base_fingerprint(model: nn.Module, exclude: dict[str, torch.Tensor]) -> float:
-    """A checksum of the parameters a checkpoint does not store (catches a different base init)."""
+def trained_state(model: nn.Module, groups: list[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters of the given groups, whole even under ZeRO-3 (call it on
+    every rank there: gathering is collective). Gathers one parameter at a time."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name in group_names(model, groups):
+        with whole(params[name]):
+            out[name] = params[name].detach().to("cpu").contiguous().clone()
+    return out
+
+
+def base_fingerprint(model: nn.Module, exclude: Collection[str]) -> float:
+    """A checksum of the parameters a checkpoint does not store (catches a different base init).
+
+    Call it while every parameter is whole (before a ZeRO-3 engine partitions them)."""
     total = 0.0
     for name, p in model.named_parameters():
         if name not in exclude and p.device.type != "meta":
@@ -64,6 +76,16 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
+def read_state(ckpt: str | Path) -> dict:
+    """A checkpoint's state.json (clear error when `ckpt` is not a checkpoint folder)."""
+    ckpt = Path(ckpt)
+    if not (ckpt / WEIGHTS).is_file() or not (ckpt / STATE).is_file():
+        raise FileNotFoundError(
+            f"{ckpt} is not a tpo checkpoint: expected {WEIGHTS} and {STATE} inside it"
+        )
+    return json.loads((ckpt / STATE).read_text())
+
+
 def load_trained_weights(model: nn.Module, ckpt: str | Path, *, check_base: bool = True) -> dict:
     """Load a checkpoint's weights into `model`; returns its state.json.
 
@@ -71,11 +93,7 @@ def load_trained_weights(model: nn.Module, ckpt: str | Path, *, check_base: bool
     the model, or the base (unstored) parameters differ from those the checkpoint was trained on.
     """
     ckpt = Path(ckpt)
-    if not (ckpt / WEIGHTS).is_file() or not (ckpt / STATE).is_file():
-        raise FileNotFoundError(
-            f"{ckpt} is not a tpo checkpoint: expected {WEIGHTS} and {STATE} inside it"
-        )
-    state = json.loads((ckpt / STATE).read_text())
+    state = read_state(ckpt)
     tensors = load_file(str(ckpt / WEIGHTS))
     own = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(own))

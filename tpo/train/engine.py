@@ -98,6 +98,9 @@ class StageRunner:
             self.model.to(torch.bfloat16)
         chosen = select_trainable(self.model, stage.groups(cfg.train.extra_groups))
         self.groups = list(chosen)
+        stored = ckpt_io.group_names(self.model, self.inherited + self.groups)
+        # frozen parameters never change: fingerprint them now, while they are whole
+        self.base_fingerprint = ckpt_io.base_fingerprint(self.model, set(stored))
         n_train = count([p for ps in chosen.values() for p in ps])
         n_all = count(list(self.model.parameters()))
         if self.dist.is_main:
@@ -119,6 +122,8 @@ class StageRunner:
         )
         sched = build_scheduler(optim, t.max_steps, t.warmup_ratio, t.min_lr_ratio)
         self.ds_config = build_ds_config(t, self.dist.world_size)
+        if self.ds_config.get("zero_optimization", {}).get("stage") == 3:
+            _register_external_parameters(self.model)
         self.accum = self.ds_config["gradient_accumulation_steps"]
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optim, lr_scheduler=sched, config=self.ds_config
@@ -133,7 +138,9 @@ class StageRunner:
                 load_optimizer_states=True,
                 load_lr_scheduler_states=True,
             )
-            state = ckpt_io.load_trained_weights(self.model, self.resume_from, check_base=False)
+            # the weights were loaded before `initialize` (whole, as ZeRO-3 needs them) and the
+            # DeepSpeed checkpoint restored the trained ones with their optimizer state
+            state = ckpt_io.read_state(self.resume_from)
             self.start_step = state["step"]
             self.bad = Counter(state.get("bad_samples", {}))
             ckpt_io.load_rng(self.resume_from, self.dist.rank)
@@ -212,8 +219,8 @@ class StageRunner:
         groups = list(dict.fromkeys(self.inherited + self.groups))
         self.engine.save_checkpoint(str(tmp), tag="ds", exclude_frozen_parameters=True)
         ckpt_io.save_rng(tmp, self.dist.rank)
+        tensors = ckpt_io.trained_state(self.model, groups)  # collective under ZeRO-3
         if self.dist.is_main:
-            tensors = ckpt_io.trained_state(self.model, groups)
             ckpt_io.save_weights(tmp / ckpt_io.WEIGHTS, tensors)
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
             ckpt_io.write_json(tmp / "deepspeed.json", self.ds_config)
@@ -228,7 +235,7 @@ class StageRunner:
                     "micro_batches": step * self.accum,
                     "world_size": self.dist.world_size,
                     "trained_groups": groups,
-                    "base_fingerprint": ckpt_io.base_fingerprint(self.model, tensors),
+                    "base_fingerprint": self.base_fingerprint,
                     "bad_samples": dict(bad),
                 },
             )
@@ -253,3 +260,15 @@ def _float(v: Any) -> float:
     if v is None:
         return float("nan")
     return float(v.item() if hasattr(v, "item") else v)
+
+
+def _register_external_parameters(model: nn.Module) -> None:
+    """Tell ZeRO-3 about weights read outside their own module's forward, as modules declare
+    them (`zero3_external_parameters()`), so it gathers them with the module that reads them."""
+    import deepspeed
+
+    for module in model.modules():
+        declare = getattr(module, "zero3_external_parameters", None)
+        if callable(declare):
+            for reader, param in declare():
+                deepspeed.zero.register_external_parameter(reader, param)

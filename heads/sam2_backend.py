@@ -163,6 +163,7 @@ class SAM2Backend(nn.Module):
         self.train_decoder = train_decoder
         self.cache = FeatureCache(cache_frames)
         self.encoder_calls = 0  # frames run through the image encoder (cache misses)
+        self._sharded = False  # set when ZeRO-3 shards the frozen weights (see _frozen_fp32)
         self.image_size = int(sam.image_size)
         for p in sam.parameters():
             p.requires_grad_(False)
@@ -224,7 +225,7 @@ class SAM2Backend(nn.Module):
     def _autocast(self) -> torch.autocast:
         """bf16 autocast over fp32 weights on CUDA, SAM2's own way of running fast; also on the
         CPU when ZeRO-3 shards the weights (they stay bf16, autocast matches SAM2's fp32 inputs)."""
-        on = self.device.type == "cuda" or getattr(self, "_sharded", False)
+        on = self.device.type == "cuda" or self._sharded
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:

@@ -38,14 +38,18 @@ def group_names(model: nn.Module, groups: list[str]) -> list[str]:
     return [name for name, p in model.named_parameters() if id(p) in wanted]
 
 
-def trained_state(model: nn.Module, groups: list[str]) -> dict[str, torch.Tensor]:
-    """CPU copies of the parameters of the given groups, whole even under ZeRO-3 (call it on
-    every rank there: gathering is collective). Gathers one parameter at a time."""
+def trained_state(
+    model: nn.Module, groups: list[str], keep: bool = True
+) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters of the given groups, whole even under ZeRO-3, gathered one at
+    a time. Gathering is a collective there: every rank calls this, the writer with `keep`, the
+    others with `keep=False` (they take part and copy nothing)."""
     params = dict(model.named_parameters())
     out = {}
     for name in group_names(model, groups):
         with whole(params[name]):
-            out[name] = params[name].detach().to("cpu").contiguous().clone()
+            if keep:
+                out[name] = params[name].detach().to("cpu").contiguous().clone()
     return out
 
 

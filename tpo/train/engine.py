@@ -219,7 +219,7 @@ class StageRunner:
         groups = list(dict.fromkeys(self.inherited + self.groups))
         self.engine.save_checkpoint(str(tmp), tag="ds", exclude_frozen_parameters=True)
         ckpt_io.save_rng(tmp, self.dist.rank)
-        tensors = ckpt_io.trained_state(self.model, groups)  # collective under ZeRO-3
+        tensors = ckpt_io.trained_state(self.model, groups, keep=self.dist.is_main)
         if self.dist.is_main:
             ckpt_io.save_weights(tmp / ckpt_io.WEIGHTS, tensors)
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))

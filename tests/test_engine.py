@@ -201,3 +201,26 @@ def test_zero3_saves_whole_weights_and_resumes_exactly(tmp_path):
     load_trained_weights(resumed, tmp_path / "cut" / "final")
     for name, p in resumed.named_parameters():
         assert torch.equal(p, fresh.state_dict()[name]), name
+
+
+@pytest.mark.slow
+def test_cpu_offload_takes_the_same_steps(tmp_path):
+    """Offloading moves the optimizer (DeepSpeed's CPU AdamW), not what a step computes."""
+    losses, weights = {}, {}
+    for name in ("zero2.json", "zero2_offload.json", "zero3_offload.json"):
+        cfg = toy_config(str(tmp_path / name), 1, 4)
+        cfg.train.deepspeed = str(ROOT / "configs" / "deepspeed" / name)
+        StageRunner(cfg, get_stage(1), *builders()).run()
+        losses[name] = [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl")]
+        torch.manual_seed(0)
+        model = ToyModel()
+        load_trained_weights(model, tmp_path / name / "final")
+        weights[name] = torch.cat([model.a.weight.flatten(), model.b.weight.flatten()])
+    assert len(losses["zero2.json"]) == 4
+    for name in ("zero2_offload.json", "zero3_offload.json"):
+        assert losses[name] == pytest.approx(losses["zero2.json"], rel=1e-5), name
+        assert torch.allclose(weights[name], weights["zero2.json"], atol=1e-6), name
+    torch.manual_seed(0)
+    init = ToyModel()
+    start = torch.cat([init.a.weight.flatten(), init.b.weight.flatten()])
+    assert not torch.allclose(weights["zero2.json"], start, atol=1e-4)  # the steps did train

@@ -7,6 +7,7 @@ and returns a dict with a scalar `loss` (plus named losses to log) and which dec
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -114,15 +115,16 @@ class StageRunner:
                 sizes,
             )
         t = cfg.train
-        optim = torch.optim.AdamW(
+        self.ds_config = build_ds_config(t, self.dist.world_size)
+        zero = self.ds_config.get("zero_optimization", {})
+        optim = _adamw_class(zero)(
             optimizer_groups(chosen, t.lr, t.weight_decay, stage.lr_scale, t.lr_groups),
             lr=t.lr,
             betas=tuple(t.betas),
             eps=t.adam_eps,
         )
         sched = build_scheduler(optim, t.max_steps, t.warmup_ratio, t.min_lr_ratio)
-        self.ds_config = build_ds_config(t, self.dist.world_size)
-        if self.ds_config.get("zero_optimization", {}).get("stage") == 3:
+        if zero.get("stage") == 3:
             _register_external_parameters(self.model)
         self.accum = self.ds_config["gradient_accumulation_steps"]
         self.engine, _, _, _ = deepspeed.initialize(
@@ -272,3 +274,13 @@ def _register_external_parameters(model: nn.Module) -> None:
         if callable(declare):
             for reader, param in declare():
                 deepspeed.zero.register_external_parameter(reader, param)
+
+
+def _adamw_class(zero: dict) -> Callable[..., torch.optim.Optimizer]:
+    """AdamW, or DeepSpeed's vectorised CPU AdamW when the optimizer state is offloaded to the
+    CPU (DeepSpeed refuses a torch optimizer there; its C++ op is built once, cached)."""
+    if zero.get("offload_optimizer", {}).get("device", "none") == "none":
+        return torch.optim.AdamW
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    return functools.partial(DeepSpeedCPUAdam, adamw_mode=True)

@@ -224,3 +224,13 @@ def test_cpu_offload_takes_the_same_steps(tmp_path):
     init = ToyModel()
     start = torch.cat([init.a.weight.flatten(), init.b.weight.flatten()])
     assert not torch.allclose(weights["zero2.json"], start, atol=1e-4)  # the steps did train
+
+
+def test_zero3_on_several_ranks_refuses_stages_with_heads():
+    from tpo.train.engine import check_zero3_routing
+
+    check_zero3_routing(get_stage(1), 2, "z3.json")  # LM only: every rank runs the same modules
+    check_zero3_routing(get_stage(2), 1, "z3.json")  # one rank: nothing to fall out of step
+    for n in (2, 3):
+        with pytest.raises(ValueError, match=r"z3.json: ZeRO-3 on 2 ranks cannot train stage"):
+            check_zero3_routing(get_stage(n), 2, "z3.json")

@@ -1,5 +1,6 @@
 """Layout and packaging: heads/ and stages/ install as tpo.heads / tpo.stages."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,29 @@ def test_console_script_lists_subcommands():
     tpo_bin = Path(sys.executable).parent / "tpo"
     out = subprocess.run([str(tpo_bin), "--help"], capture_output=True, text=True, check=True)
     assert "toyworld" in out.stdout
+
+
+def test_launcher_rank_flag_before_the_subcommand_is_accepted():
+    from tpo.cli import _rank_after_command
+
+    assert _rank_after_command(["--local_rank=1", "train", "--stage", "2"]) == [
+        "train",
+        "--local_rank=1",
+        "--stage",
+        "2",
+    ]
+    assert _rank_after_command(["--local_rank", "0", "train"]) == ["train", "--local_rank", "0"]
+    assert _rank_after_command(["train", "--stage", "1"]) == ["train", "--stage", "1"]
+    # the README's multi-node command, on 2 local processes: each rank parses its arguments
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    cmd = [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", "29631"]
+    out = subprocess.run(
+        [*cmd, str(bin_dir / "tpo"), "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.count("usage: tpo train") == 2

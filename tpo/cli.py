@@ -24,9 +24,18 @@ def _available() -> dict[str, tuple[str, str]]:
     return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
 
 
+def _rank_after_command(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher puts `--local_rank=N` before the script's own arguments, that is
+    before the subcommand; move it behind the subcommand (`tpo train` accepts it)."""
+    if argv and argv[0].startswith("--local_rank"):
+        n = 1 if "=" in argv[0] else 2
+        return argv[n : n + 1] + argv[:n] + argv[n + 1 :]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _rank_after_command(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="tpo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     available = _available()

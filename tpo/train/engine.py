@@ -125,6 +125,7 @@ class StageRunner:
         )
         sched = build_scheduler(optim, t.max_steps, t.warmup_ratio, t.min_lr_ratio)
         if zero.get("stage") == 3:
+            check_zero3_routing(stage, self.dist.world_size, t.deepspeed)
             _register_external_parameters(self.model)
         self.accum = self.ds_config["gradient_accumulation_steps"]
         self.engine, _, _, _ = deepspeed.initialize(
@@ -262,6 +263,19 @@ def _float(v: Any) -> float:
     if v is None:
         return float("nan")
     return float(v.item() if hasattr(v, "item") else v)
+
+
+def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:
+    """Refuse ZeRO-3 on several ranks for a stage whose heads train: a head runs only on ranks
+    whose micro-batch holds its task, and ZeRO-3 gathers each module's weights and reduces its
+    gradients with collectives, so the ranks would fall out of step (a crash or a hang)."""
+    if world_size > 1 and stage.head_losses:
+        raise ValueError(
+            f"train.deepspeed={ds_file}: ZeRO-3 on {world_size} ranks cannot train stage "
+            f"{stage.number} ({stage.name}): its task heads run only where a micro-batch holds "
+            "their task, and ZeRO-3's per-module collectives need every rank in step. Use "
+            "configs/deepspeed/zero2.json (the official recipe) or its offload variant, or one rank"
+        )
 
 
 def _register_external_parameters(model: nn.Module) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tpo.model.sharding import zero_through_all
+
 HEAD_NAMES = (
     "temporal",
     "region",
@@ -120,9 +122,6 @@ class MultiTaskCriterion(nn.Module):
             losses.update({f"{name}/{k}": v for k, v in named.items()})
             losses[f"{name}/weighted"] = part
             total = total + part
-        if heads:
-            from tpo.model.tpo_model import zero_through_all
-
-            for head in heads.values():  # a zero gradient for heads without samples
-                total = total + zero_through_all(head).to(device)
+        for head in (heads or {}).values():  # a zero gradient for heads without samples
+            total = total + zero_through_all(head).to(device)
         return total, losses

@@ -163,7 +163,6 @@ class SAM2Backend(nn.Module):
         self.train_decoder = train_decoder
         self.cache = FeatureCache(cache_frames)
         self.encoder_calls = 0  # frames run through the image encoder (cache misses)
-        self._sharded = False  # set when ZeRO-3 shards the frozen weights (see _frozen_fp32)
         self.image_size = int(sam.image_size)
         for p in sam.parameters():
             p.requires_grad_(False)
@@ -218,14 +217,14 @@ class SAM2Backend(nn.Module):
         optimizer, so re-casting them in place is safe; a trainable decoder keeps its dtype."""
         for t in self._frozen_tensors():
             if is_sharded(t):  # ZeRO-3 shard: gathered in the engine's dtype on each use
-                self._sharded = True
-            elif t.is_floating_point() and t.dtype != torch.float32:
+                continue
+            if t.is_floating_point() and t.dtype != torch.float32:
                 t.data = t.data.float()
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast over fp32 weights on CUDA, SAM2's own way of running fast; also on the
         CPU when ZeRO-3 shards the weights (they stay bf16, autocast matches SAM2's fp32 inputs)."""
-        on = self.device.type == "cuda" or self._sharded
+        on = self.device.type == "cuda" or is_sharded(self.sam.no_mem_embed)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _encode(self, frames: Tensor) -> list[tuple[Tensor, ...]]:

@@ -134,8 +134,7 @@ class TemporalHead(nn.Module):
             feats = self._pool(query.to(dtype), feats)
         frames = self.feat_proj(feats) + timestamp_encoding(tau, self.hidden).to(dtype)
         # the embedding tables are called, not indexed, so that ZeRO-3 gathers them
-        rows = torch.arange(2, device=feats.device)
-        video_type, query_type = self.type_embed(rows[1]), self.type_embed(rows[0])  # [h]
+        query_type, video_type = self.type_embed(torch.arange(2, device=feats.device))  # [h]
         frames = frames + video_type  # [n, t, h]
         cond = self.query_proj(query.to(dtype))[:, None] + query_type  # [n, 1, h]
 

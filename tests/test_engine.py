@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.toy_engine import ToyModel, builders, toy_config
+from tests.helpers.toy_engine import ToyModel, builders, toy_config, zero3_all_sharded
 from tpo.stages import get_stage
 from tpo.train.checkpoint import load_trained_weights
 from tpo.train.engine import StageRunner
@@ -120,19 +120,11 @@ def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
     assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
 
 
-def _zero3_json(folder: Path) -> Path:
-    """configs/deepspeed/zero3.json with every tensor sharded (the toy's are all small)."""
-    ds = json.loads((ROOT / "configs" / "deepspeed" / "zero3.json").read_text())
-    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (folder / "zero3.json").write_text(json.dumps(ds))
-    return folder / "zero3.json"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_two_processes_on_loopback_stay_in_sync(tmp_path, zero):
     launcher = Path(sys.executable).parent / "deepspeed"
-    extra = ["--deepspeed", str(_zero3_json(tmp_path))] if zero == 3 else []
+    extra = ["--deepspeed", str(zero3_all_sharded(tmp_path))] if zero == 3 else []
     cmd = [
         str(launcher),
         "--num_gpus",
@@ -164,7 +156,7 @@ def test_two_processes_on_loopback_stay_in_sync(tmp_path, zero):
 
 
 def test_zero3_saves_whole_weights_and_resumes_exactly(tmp_path):
-    zero3 = _zero3_json(tmp_path)
+    zero3 = zero3_all_sharded(tmp_path)
 
     def config(out):
         cfg = toy_config(str(tmp_path / out), 1, 4, save_every=2)

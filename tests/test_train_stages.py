@@ -97,14 +97,13 @@ def test_three_stages_under_zero3_save_whole_weights(tmp_path, world):
     own forward, and checkpoints must gather the shards."""
     from safetensors.torch import load_file
 
+    from tests.helpers.toy_engine import zero3_all_sharded
     from tpo.train.checkpoint import load_trained_weights
 
-    ds = json.loads((ROOT / "configs" / "deepspeed" / "zero3.json").read_text())
-    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    zero3 = zero3_all_sharded(tmp_path)
     weights = {}
     for n in (1, 2, 3):
-        cfg = _cfg(tmp_path, world, n, [f"train.deepspeed={tmp_path / 'zero3.json'}"])
+        cfg = _cfg(tmp_path, world, n, [f"train.deepspeed={zero3}"])
         runner = StageRunner(cfg, get_stage(n), build_train_model, build_train_data)
         final = runner.run()
         losses = [r["loss"] for r in map(json.loads, (final.parent / "metrics.jsonl").open())]

@@ -8,9 +8,11 @@ Also runnable as a script (used by the resume and 2-process tests):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -98,6 +100,16 @@ def toy_config(out_dir: str, stage: int, max_steps: int, save_every: int = 0) ->
             "train.init_from=null",
         ],
     )
+
+
+def zero3_all_sharded(folder: Path) -> Path:
+    """configs/deepspeed/zero3.json with every tensor sharded (persistence threshold 0), written
+    into `folder`: small tensors, which ZeRO-3 would otherwise keep whole, are sharded too."""
+    root = Path(__file__).resolve().parents[2]
+    ds = json.loads((root / "configs" / "deepspeed" / "zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (folder / "zero3.json").write_text(json.dumps(ds))
+    return folder / "zero3.json"
 
 
 def builders(sleep: float = 0.0):

@@ -1,4 +1,5 @@
-"""ZeRO-3 sharded parameters: tell them apart and hold them whole for a moment.
+"""Parameters under DeepSpeed ZeRO: tell ZeRO-3 shards apart, hold them whole for a moment,
+and give every trainable parameter a gradient each step.
 
 DeepSpeed ZeRO-3 leaves each rank a shard of every parameter (`ds_id` marks one) and gathers a
 module's own parameters only around that module's forward. Code that reads a parameter anywhere
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from torch import nn
 
 
@@ -28,3 +30,14 @@ def whole(*params: nn.Parameter) -> contextlib.AbstractContextManager:
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
+
+
+def zero_through_all(model: nn.Module) -> torch.Tensor:
+    """A zero that depends on every trainable parameter (so each gets a gradient every step).
+
+    Parameters that ZeRO-3 shards are left out: outside their module's forward they
+    hold no data, and ZeRO-3 itself gives a zero gradient to those a step did not use."""
+    params = [p for p in model.parameters() if p.requires_grad and not is_sharded(p)]
+    if not params:
+        return torch.zeros(())
+    return sum(p.reshape(-1)[:1].sum() for p in params) * 0.0

@@ -13,7 +13,7 @@ from torch import nn
 
 from tpo.model.mllm import HEADS, MLLM
 from tpo.model.prompt import VISUAL_TOKEN_ID
-from tpo.model.sharding import is_sharded
+from tpo.model.sharding import zero_through_all
 
 
 @dataclass
@@ -195,14 +195,3 @@ def _saliency_on(target: dict, stamps: torch.Tensor) -> dict:
     clips = target["saliency"]
     idx = (stamps.clamp(min=0) // 2).long().clamp(max=len(clips) - 1).to(clips.device)
     return {**target, "saliency": clips[idx]}
-
-
-def zero_through_all(model: nn.Module) -> torch.Tensor:
-    """A zero that depends on every trainable parameter (so each gets a gradient every step).
-
-    Parameters that ZeRO-3 shards are left out: outside their module's forward they
-    hold no data, and ZeRO-3 itself gives a zero gradient to those a step did not use."""
-    params = [p for p in model.parameters() if p.requires_grad and not is_sharded(p)]
-    if not params:
-        return torch.zeros(())
-    return sum(p.reshape(-1)[:1].sum() for p in params) * 0.0

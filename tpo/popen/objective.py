@@ -17,7 +17,8 @@ from torch import nn
 
 from tpo.config.popen import PopenConfig
 from tpo.model.mllm import HEADS
-from tpo.model.tpo_model import TPOModel, zero_through_all
+from tpo.model.sharding import zero_through_all
+from tpo.model.tpo_model import TPOModel
 from tpo.popen.reference import ReferencePolicy
 
 if TYPE_CHECKING:

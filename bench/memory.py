@@ -1,9 +1,11 @@
 """Memory per GPU of each full-size stage under DeepSpeed ZeRO-2/3, counted on the meta device.
 
 bf16 training with fp32 master weights: parameters 2 B each (ZeRO-3 partitions them over N
-GPUs), gradients 2 B per trainable parameter (partitioned by ZeRO-2 and 3), optimizer state
-12 B per trainable parameter (fp32 master + Adam m and v, partitioned). Activations are not
-included (they depend on batch, frames and checkpointing).
+GPUs), gradients 2 B per trainable parameter (partitioned by ZeRO-3; under ZeRO-2 each rank
+holds them whole for a moment, since `tpo.train.distributed.in_fixed_order` computes them all
+before handing them to DeepSpeed in a fixed order), optimizer state 12 B per trainable
+parameter (fp32 master + Adam m and v, partitioned). Activations are not included (they depend
+on batch, frames and checkpointing).
 
     .venv/bin/python bench/memory.py [--config configs/full/stage2.yaml] [--gpus 1 8 32]
 """
@@ -50,7 +52,7 @@ def count_groups(cfg_path: Path, stage_number: int) -> tuple[int, int, dict[str,
 def per_gpu(total: int, trainable: int, zero: int, n: int) -> tuple[float, float, float]:
     """(params, grads, optimizer) GiB per GPU."""
     params = 2 * total / (n if zero == 3 else 1)
-    grads = 2 * trainable / n
+    grads = 2 * trainable / (n if zero == 3 else 1)
     optim = 12 * trainable / n
     return params / GIB, grads / GIB, optim / GIB
 

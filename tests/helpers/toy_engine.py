@@ -18,67 +18,90 @@ import torch
 from torch import nn
 
 from tpo.config import TPOConfig, load_config
+from tpo.model.sharding import zero_through_all
 
 
 @dataclass
 class ToyBatch:
     x: torch.Tensor  # [b, 4]
     y: torch.Tensor  # [b, 1]
+    task: torch.Tensor  # [b] long: which head a sample routes to (routed models)
 
     def to(self, device: str, dtype: torch.dtype) -> ToyBatch:
-        return ToyBatch(self.x.to(device, dtype), self.y.to(device))
+        return ToyBatch(self.x.to(device, dtype), self.y.to(device), self.task.to(device))
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
 
 class ToyModel(nn.Module):
-    """Three 'groups': lora (a), task_tokens (b), temporal_head (c), plus a frozen base."""
+    """Three 'groups': lora (a), task_tokens (b), temporal_head (c), plus a frozen base.
 
-    def __init__(self, sleep: float = 0.0):
+    `routed`: a second head, region_head (d), and each sample goes to the head its `task` names,
+    as TPO routes task tokens: a head runs only when its micro-batch holds one of its samples.
+    """
+
+    def __init__(self, sleep: float = 0.0, routed: bool = False):
         super().__init__()
         self.base = nn.Linear(4, 8)
         self.a = nn.Linear(8, 8)
         self.b = nn.Linear(8, 8)
         self.c = nn.Linear(8, 1)
-        self.drop = nn.Dropout(0.1)
+        self.d = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1)) if routed else None
+        self.drop = nn.Dropout(0.0 if routed else 0.1)  # routed runs are compared exactly
         self.sleep = sleep
 
     def trainable_groups(self):
-        return {
+        groups = {
             "lora": list(self.a.parameters()),
             "task_tokens": list(self.b.parameters()),
             "temporal_head": list(self.c.parameters()),
             "connector": list(self.base.parameters()),
             "connector_proj": [self.base.bias],
         }
+        if self.d is not None:
+            groups["region_head"] = list(self.d.parameters())
+        return groups
 
     def forward(self, batch: ToyBatch):
         if self.sleep:
             time.sleep(self.sleep)
         h = torch.tanh(self.base(batch.x))
-        h = self.drop(torch.tanh(self.a(h)))
-        pred = self.c(torch.tanh(self.b(h))).float()
-        loss = ((pred - batch.y) ** 2).mean()
+        h = torch.tanh(self.b(self.drop(torch.tanh(self.a(h)))))
+        if self.d is None:
+            loss = ((self.c(h).float() - batch.y) ** 2).mean()
+        else:
+            loss = torch.zeros(())
+            for k, head in enumerate((self.c, self.d)):
+                rows = (batch.task == k).nonzero()[:, 0]
+                if len(rows):
+                    loss = loss + ((head(h[rows]).float() - batch.y[rows]) ** 2).sum()
+            loss = loss / len(batch) + zero_through_all(self)
         return {"loss": loss, "loss_mse": loss.detach()}
 
 
 class ToyData:
-    """A fixed regression set; the stream of micro-batches depends only on (seed, position)."""
+    """A fixed regression set. Position k's global batch (micro-batch x world samples) depends
+    only on (seed, k); rank r takes its r-th slice, so one rank with a micro-batch of
+    micro-batch x world sees the union of what several ranks see. `routed`: the first half of
+    each global batch has task 0, the second half task 1 (on 2 ranks, one task per rank)."""
 
-    def __init__(self, seed: int, micro_batch: int, rank: int, world: int):
+    def __init__(self, seed: int, micro_batch: int, rank: int, world: int, routed: bool = False):
         g = torch.Generator().manual_seed(1234)
         self.x = torch.randn(64, 4, generator=g)
         self.y = (self.x[:, :1] * 0.7 - self.x[:, 1:2] * 0.3).tanh()
         self.seed, self.mb, self.rank, self.world = seed, micro_batch, rank, world
+        self.routed = routed
         self.bad_samples: Counter = Counter()
 
     def iterate(self, start: int):
-        k = start
+        k, size = start, self.mb * self.world
+        task = (torch.arange(size) >= size // 2).long() if self.routed else torch.zeros(size)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k * self.world + self.rank)
-            idx = torch.randint(0, len(self.x), (self.mb,), generator=g)
-            yield ToyBatch(self.x[idx], self.y[idx])
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            idx = torch.randint(0, len(self.x), (size,), generator=g)
+            mine = slice(self.rank * self.mb, (self.rank + 1) * self.mb)
+            yield ToyBatch(self.x[idx[mine]], self.y[idx[mine]], task[mine].long())
             k += 1
 
 
@@ -112,13 +135,13 @@ def zero3_all_sharded(folder: Path) -> Path:
     return folder / "zero3.json"
 
 
-def builders(sleep: float = 0.0):
+def builders(sleep: float = 0.0, routed: bool = False):
     def model_builder(cfg, stage):
         torch.manual_seed(0)
-        return ToyModel(sleep)
+        return ToyModel(sleep, routed)
 
     def data_builder(cfg, stage, dist):
-        return ToyData(cfg.train.seed, cfg.train.micro_batch, dist.rank, dist.world_size)
+        return ToyData(cfg.train.seed, cfg.train.micro_batch, dist.rank, dist.world_size, routed)
 
     return model_builder, data_builder
 
@@ -137,13 +160,17 @@ def main() -> None:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--init", default=None, help="checkpoint to start from")
     p.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON (default zero2)")
+    p.add_argument("--routed", action="store_true", help="two heads, one task per rank")
+    p.add_argument("--micro_batch", type=int, default=None)
     p.add_argument("--local_rank", type=int, default=0)  # the deepspeed launcher passes it
     a = p.parse_args()
     cfg = toy_config(a.out, a.stage, a.max_steps, a.save_every)
     cfg.train.init_from = a.init
     if a.deepspeed:
         cfg.train.deepspeed = a.deepspeed
-    runner = StageRunner(cfg, get_stage(a.stage), *builders(a.sleep))
+    if a.micro_batch:
+        cfg.train.micro_batch = a.micro_batch
+    runner = StageRunner(cfg, get_stage(a.stage), *builders(a.sleep, a.routed))
     runner.run(resume=a.resume)
     # Each rank prints a checksum of its trained parameters, whole (gathered under ZeRO-3), as
     # the checkpoint stores them (the 2-process test compares them).

@@ -62,3 +62,27 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def in_fixed_order(loss, params: list):
+    """`loss` again (same value), whose backward readies the gradients of `params` one parameter
+    at a time in the order of `params`, so in the same order on every rank.
+
+    DeepSpeed ZeRO-1/2 fill their reduction buckets in the order gradients become ready and
+    assume every rank readies them in the same order (DeepSpeed issue #2343). Ranks whose
+    micro-batches route to different heads run different graphs, ready gradients in different
+    orders, and the reduced slices then silently mix parameters up. So the gradients are computed
+    here without readying any (`autograd.grad`), and handed over through a graph whose shape
+    depends only on `params`: one dot product per parameter, d(p . g)/dp = g exactly. Every
+    parameter gets one (a zero one when unused), so every rank reduces the same set.
+    """
+    import torch
+
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    dots = torch.stack(
+        [
+            torch.dot(p.reshape(-1), (torch.zeros_like(p) if g is None else g).reshape(-1)).float()
+            for p, g in zip(params, grads)
+        ]
+    ).sum()
+    return loss.detach() + (dots - dots.detach())

@@ -23,7 +23,7 @@ from tpo.config.load import to_yaml
 from tpo.config.schema import TPOConfig
 from tpo.stages.base import Stage
 from tpo.train import checkpoint as ckpt_io
-from tpo.train.distributed import DistInfo, barrier, init_distributed
+from tpo.train.distributed import DistInfo, barrier, in_fixed_order, init_distributed
 from tpo.train.ds_config import build_ds_config
 from tpo.train.groups import count, optimizer_groups, select_trainable
 from tpo.train.logger import RunLogger
@@ -128,6 +128,11 @@ class StageRunner:
             check_zero3_routing(stage, self.dist.world_size, t.deepspeed)
             _register_external_parameters(self.model)
         self.accum = self.ds_config["gradient_accumulation_steps"]
+        if self.dist.world_size > 1 and zero.get("stage", 0) in (1, 2):
+            # ZeRO-1/2 need every rank to ready gradients in one order (`in_fixed_order`);
+            # ZeRO-3 on several ranks trains only stages whose graphs never vary
+            params = list({id(p): p for ps in chosen.values() for p in ps}.values())
+            self.model.register_forward_hook(functools.partial(_loss_in_fixed_order, params))
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optim, lr_scheduler=sched, config=self.ds_config
         )
@@ -263,6 +268,14 @@ def _float(v: Any) -> float:
     if v is None:
         return float("nan")
     return float(v.item() if hasattr(v, "item") else v)
+
+
+def _loss_in_fixed_order(params: list, module: nn.Module, args: Any, out: dict) -> dict:
+    """Forward hook: the training loss, handing its gradients over in the order of `params`."""
+    loss = out.get("loss") if isinstance(out, dict) else None
+    if loss is None or not (torch.is_grad_enabled() and loss.requires_grad):
+        return out
+    return {**out, "loss": in_fixed_order(loss, params)}
 
 
 def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:

@@ -161,7 +161,8 @@ def test_two_processes_on_loopback_stay_in_sync(tmp_path, zero):
 def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, zero):
     """Rank 0's samples all go to one head and rank 1's to the other, so the ranks' graphs differ;
     the update must still be the one a single rank makes on the union of their micro-batches
-    (DeepSpeed ZeRO-1/2 mixed parameters' gradients up here before `in_fixed_order`)."""
+    (DeepSpeed ZeRO-1/2 mixed parameters' gradients up here before `in_fixed_order`). The logged
+    loss is the global batch's, and rank 1's skipped samples are counted."""
     ds = json.loads((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
     ds["zero_optimization"]["stage"] = zero
     (tmp_path / "ds.json").write_text(json.dumps(ds))
@@ -174,6 +175,7 @@ def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, zero):
     common += ["--deepspeed", tmp_path / "ds.json"]
     cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(29621 + zero), "--module"]
     cmd += ["tests.helpers.toy_engine", str(tmp_path / "two"), *map(str, common)]
+    cmd += ["--bad_on_rank", "1"]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     one = subprocess.run(
@@ -200,6 +202,14 @@ def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, zero):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-6, msg=lambda m, n=name: f"{n}: {m}")
         moved = max(moved, float((b - c).abs().max()))
     assert moved > 1e-3  # the heads did train
+    logged = {run: read_metrics(tmp_path / run / "metrics.jsonl") for run in ("two", "one")}
+    assert [r["loss"] for r in logged["two"]] == pytest.approx(
+        [r["loss"] for r in logged["one"]], rel=1e-6
+    )
+    # rank 1 skipped one sample per micro-batch: 3 steps x 2 micro-batches
+    assert logged["two"][-1]["bad_samples"] == 6
+    state = json.loads((tmp_path / "two" / "final" / "state.json").read_text())
+    assert state["bad_samples"] == {"toy: skipped": 6}
 
 
 def test_zero3_saves_whole_weights_and_resumes_exactly(tmp_path):

@@ -84,14 +84,24 @@ class ToyData:
     """A fixed regression set. Position k's global batch (micro-batch x world samples) depends
     only on (seed, k); rank r takes its r-th slice, so one rank with a micro-batch of
     micro-batch x world sees the union of what several ranks see. `routed`: the first half of
-    each global batch has task 0, the second half task 1 (on 2 ranks, one task per rank)."""
+    each global batch has task 0, the second half task 1 (on 2 ranks, one task per rank).
+    `bad_on_rank`: that rank counts one skipped sample per micro-batch (as a loader that met a
+    bad one would)."""
 
-    def __init__(self, seed: int, micro_batch: int, rank: int, world: int, routed: bool = False):
+    def __init__(
+        self,
+        seed: int,
+        micro_batch: int,
+        rank: int,
+        world: int,
+        routed: bool = False,
+        bad_on_rank: int | None = None,
+    ):
         g = torch.Generator().manual_seed(1234)
         self.x = torch.randn(64, 4, generator=g)
         self.y = (self.x[:, :1] * 0.7 - self.x[:, 1:2] * 0.3).tanh()
         self.seed, self.mb, self.rank, self.world = seed, micro_batch, rank, world
-        self.routed = routed
+        self.routed, self.bad_on_rank = routed, bad_on_rank
         self.bad_samples: Counter = Counter()
 
     def iterate(self, start: int):
@@ -101,6 +111,8 @@ class ToyData:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
             idx = torch.randint(0, len(self.x), (size,), generator=g)
             mine = slice(self.rank * self.mb, (self.rank + 1) * self.mb)
+            if self.rank == self.bad_on_rank:
+                self.bad_samples["toy: skipped"] += 1
             yield ToyBatch(self.x[idx[mine]], self.y[idx[mine]], task[mine].long())
             k += 1
 
@@ -135,13 +147,14 @@ def zero3_all_sharded(folder: Path) -> Path:
     return folder / "zero3.json"
 
 
-def builders(sleep: float = 0.0, routed: bool = False):
+def builders(sleep: float = 0.0, routed: bool = False, bad_on_rank: int | None = None):
     def model_builder(cfg, stage):
         torch.manual_seed(0)
         return ToyModel(sleep, routed)
 
     def data_builder(cfg, stage, dist):
-        return ToyData(cfg.train.seed, cfg.train.micro_batch, dist.rank, dist.world_size, routed)
+        t = cfg.train
+        return ToyData(t.seed, t.micro_batch, dist.rank, dist.world_size, routed, bad_on_rank)
 
     return model_builder, data_builder
 
@@ -162,6 +175,7 @@ def main() -> None:
     p.add_argument("--deepspeed", default=None, help="a DeepSpeed JSON (default zero2)")
     p.add_argument("--routed", action="store_true", help="two heads, one task per rank")
     p.add_argument("--micro_batch", type=int, default=None)
+    p.add_argument("--bad_on_rank", type=int, default=None)
     p.add_argument("--local_rank", type=int, default=0)  # the deepspeed launcher passes it
     a = p.parse_args()
     cfg = toy_config(a.out, a.stage, a.max_steps, a.save_every)
@@ -170,7 +184,7 @@ def main() -> None:
         cfg.train.deepspeed = a.deepspeed
     if a.micro_batch:
         cfg.train.micro_batch = a.micro_batch
-    runner = StageRunner(cfg, get_stage(a.stage), *builders(a.sleep, a.routed))
+    runner = StageRunner(cfg, get_stage(a.stage), *builders(a.sleep, a.routed, a.bad_on_rank))
     runner.run(resume=a.resume)
     # Each rank prints a checksum of its trained parameters, whole (gathered under ZeRO-3), as
     # the checkpoint stores them (the 2-process test compares them).

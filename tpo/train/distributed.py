@@ -64,6 +64,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather(obj: object) -> list:
+    """Every rank's picklable `obj`, in rank order (a collective; `[obj]` in a single process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 def in_fixed_order(loss, params: list):
     """`loss` again (same value), whose backward readies the gradients of `params` one parameter
     at a time in the order of `params`, so in the same order on every rank.

@@ -23,7 +23,7 @@ from tpo.config.load import to_yaml
 from tpo.config.schema import TPOConfig
 from tpo.stages.base import Stage
 from tpo.train import checkpoint as ckpt_io
-from tpo.train.distributed import DistInfo, barrier, in_fixed_order, init_distributed
+from tpo.train.distributed import DistInfo, barrier, gather, in_fixed_order, init_distributed
 from tpo.train.ds_config import build_ds_config
 from tpo.train.groups import count, optimizer_groups, select_trainable
 from tpo.train.logger import RunLogger
@@ -150,7 +150,8 @@ class StageRunner:
             # DeepSpeed checkpoint restored the trained ones with their optimizer state
             state = ckpt_io.read_state(self.resume_from)
             self.start_step = state["step"]
-            self.bad = Counter(state.get("bad_samples", {}))
+            # the count is over all ranks: rank 0 carries it on, the others count afresh
+            self.bad = Counter(state.get("bad_samples", {}) if self.dist.is_main else {})
             ckpt_io.load_rng(self.resume_from, self.dist.rank)
         self.data = self.data_builder(cfg, stage, self.dist)
         self.logger = RunLogger(self.out, tensorboard=t.tensorboard, enabled=self.dist.is_main)
@@ -187,12 +188,13 @@ class StageRunner:
                 for k, v in out.items():
                     if torch.is_tensor(v) and v.numel() == 1:
                         sums[k] += float(v.detach())
-            metrics = {k: v / self.accum for k, v in sums.items()}
+            metrics, n_samples, bad = self._over_ranks(
+                {k: v / self.accum for k, v in sums.items()}, n_samples
+            )
             elapsed = time.perf_counter() - tic
-            metrics["samples_per_s"] = n_samples * self.dist.world_size / max(elapsed, 1e-9)
+            metrics["samples_per_s"] = n_samples / max(elapsed, 1e-9)
             metrics["grad_norm"] = _float(self.engine.get_global_grad_norm())
             metrics.update(lrs)
-            bad = self.bad + self.data.bad_samples
             metrics["bad_samples"] = sum(bad.values())
             done = step + 1
             if done % t.log_every == 0 or done == t.max_steps:
@@ -206,7 +208,7 @@ class StageRunner:
                 self._prune()
         final = self.save(self.out / "final", t.max_steps)
         self.logger.close()
-        bad = self.bad + self.data.bad_samples
+        bad = self._over_ranks({}, 0)[2]
         if bad and self.dist.is_main:
             log.warning(
                 "stage %d skipped %d bad samples: %s",
@@ -228,11 +230,11 @@ class StageRunner:
         self.engine.save_checkpoint(str(tmp), tag="ds", exclude_frozen_parameters=True)
         ckpt_io.save_rng(tmp, self.dist.rank)
         tensors = ckpt_io.trained_state(self.model, groups, keep=self.dist.is_main)
+        bad = self._over_ranks({}, 0)[2]
         if self.dist.is_main:
             ckpt_io.save_weights(tmp / ckpt_io.WEIGHTS, tensors)
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
             ckpt_io.write_json(tmp / "deepspeed.json", self.ds_config)
-            bad = self.bad + self.data.bad_samples
             ckpt_io.write_json(
                 tmp / ckpt_io.STATE,
                 {
@@ -252,6 +254,19 @@ class StageRunner:
             ckpt_io.finalize(tmp, folder)
         barrier()
         return folder
+
+    def _over_ranks(self, metrics: dict, n_samples: int) -> tuple[dict, int, Counter]:
+        """Every rank's step metrics averaged (each over the ranks that report it), micro-batch
+        samples summed, and the bad samples skipped so far counted over all ranks (collective)."""
+        parts = gather((metrics, n_samples, dict(self.bad + self.data.bad_samples)))
+        mean = {}
+        for key in dict.fromkeys(k for m, _, _ in parts for k in m):
+            values = [m[key] for m, _, _ in parts if key in m]
+            mean[key] = sum(values) / len(values)
+        bad = Counter()
+        for _, _, b in parts:
+            bad.update(b)
+        return mean, sum(n for _, n, _ in parts), bad
 
     def _prune(self) -> None:
         if not self.dist.is_main:

@@ -1,10 +1,15 @@
-"""Process-group setup for one process, the `deepspeed` launcher, or many nodes."""
+"""Process-group setup for one process, the `deepspeed` launcher, or many nodes, and what
+data-parallel ranks must agree on (gathered metrics, the order gradients are handed over in)."""
 
 from __future__ import annotations
 
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def gather(obj: object) -> list:
     return parts
 
 
-def in_fixed_order(loss, params: list):
+def in_fixed_order(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
     """`loss` again (same value), whose backward readies the gradients of `params` one parameter
     at a time in the order of `params`, so in the same order on every rank.
 

@@ -285,6 +285,23 @@ def test_zero3_on_several_ranks_refuses_stages_with_heads():
             check_zero3_routing(get_stage(n), 2, "z3.json")
 
 
+def test_resume_on_another_number_of_ranks_names_the_ways_out(tmp_path):
+    """A checkpoint that 2 ranks wrote cannot continue on 1 (DeepSpeed partitions the optimizer
+    state by rank); the error names both counts and how to go on, before any model is built."""
+    StageRunner(toy_config(str(tmp_path / "run"), 1, 3, 2), get_stage(1), *builders()).run()
+    step = tmp_path / "run" / "checkpoints" / "step_000002"
+    state = json.loads((step / "state.json").read_text())
+    (step / "state.json").write_text(json.dumps({**state, "world_size": 2}))
+
+    def never(cfg, stage):
+        raise AssertionError("the model was built before the check")
+
+    runner = StageRunner(toy_config(str(tmp_path / "run"), 1, 4, 2), get_stage(1), never, None)
+    with pytest.raises(ValueError, match=r"written by 2 rank\(s\), but this run has 1") as err:
+        runner.run(resume=True)
+    assert f"train.init_from={step}" in str(err.value)
+
+
 def test_in_fixed_order_readies_gradients_in_one_order_whatever_the_graph():
     """Two micro-batches that route to different heads finish the parameters' gradients in
     different orders; through `in_fixed_order` both finish them in one order, with the same

@@ -81,11 +81,13 @@ class StageRunner:
 
         cfg, stage = self.cfg, self.stage
         self.dist = init_distributed()
-        torch.manual_seed(cfg.train.seed + self.dist.rank)
-        self.model = self.model_builder(cfg, stage)
         self.resume_from = ckpt_io.latest_checkpoint(self.out) if resume else None
         if resume and self.resume_from is None:
             log.warning("--resume: no checkpoint under %s; starting from the beginning", self.out)
+        if self.resume_from is not None:
+            check_resume_world(self.resume_from, self.dist.world_size)
+        torch.manual_seed(cfg.train.seed + self.dist.rank)
+        self.model = self.model_builder(cfg, stage)
         self.inherited: list[str] = []
         init = self.resume_from or resolve_init(cfg, stage)
         if init is not None:
@@ -291,6 +293,18 @@ def _loss_in_fixed_order(params: list, module: nn.Module, args: Any, out: dict) 
     if loss is None or not (torch.is_grad_enabled() and loss.requires_grad):
         return out
     return {**out, "loss": in_fixed_order(loss, params)}
+
+
+def check_resume_world(folder: Path, world_size: int) -> None:
+    """Refuse to resume a checkpoint that a different number of ranks wrote: DeepSpeed keeps the
+    optimizer state partitioned over the ranks, and each rank's data stream depends on them."""
+    saved = ckpt_io.read_state(folder).get("world_size", world_size)
+    if saved != world_size:
+        raise ValueError(
+            f"--resume: {folder} was written by {saved} rank(s), but this run has {world_size}. "
+            f"Resume with {saved} rank(s), or start a new run from its weights (fresh optimizer "
+            f"and schedule) with train.init_from={folder}"
+        )
 
 
 def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:

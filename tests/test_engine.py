@@ -157,13 +157,16 @@ def test_two_processes_on_loopback_stay_in_sync(tmp_path, zero):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [1, 2])
-def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, zero):
+@pytest.mark.parametrize(
+    ("port", "zero", "ds_file"),
+    [(29622, 1, "zero2"), (29623, 2, "zero2"), (29624, 2, "zero2_offload")],
+)
+def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, port, zero, ds_file):
     """Rank 0's samples all go to one head and rank 1's to the other, so the ranks' graphs differ;
     the update must still be the one a single rank makes on the union of their micro-batches
     (DeepSpeed ZeRO-1/2 mixed parameters' gradients up here before `in_fixed_order`). The logged
     loss is the global batch's, and rank 1's skipped samples are counted."""
-    ds = json.loads((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+    ds = json.loads((ROOT / "configs" / "deepspeed" / f"{ds_file}.json").read_text())
     ds["zero_optimization"]["stage"] = zero
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     s1 = tmp_path / "stage1"
@@ -173,7 +176,7 @@ def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, zero):
     launcher = Path(sys.executable).parent / "deepspeed"
     common = ["2", "3", "0", "--routed", "--init", s1 / "final"]
     common += ["--deepspeed", tmp_path / "ds.json"]
-    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(29621 + zero), "--module"]
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(port), "--module"]
     cmd += ["tests.helpers.toy_engine", str(tmp_path / "two"), *map(str, common)]
     cmd += ["--bad_on_rank", "1"]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -162,6 +162,7 @@ def builders(sleep: float = 0.0, routed: bool = False, bad_on_rank: int | None =
 def main() -> None:
     from tpo.stages import get_stage
     from tpo.train.checkpoint import trained_state
+    from tpo.train.distributed import shutdown
     from tpo.train.engine import StageRunner
 
     p = argparse.ArgumentParser()
@@ -191,6 +192,7 @@ def main() -> None:
     trained = trained_state(runner.model, runner.groups)
     total = sum(float(t.double().sum()) for t in trained.values())
     print(f"RANK{runner.dist.rank} CHECKSUM {total:.12e}", flush=True)
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the config, then run the stage through the engine."""
     from tpo.config import TPOConfig, load_config
     from tpo.stages import get_stage
+    from tpo.train.distributed import shutdown
     from tpo.train.engine import StageRunner
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -52,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(TPOConfig, [path], [f"train.stage={args.stage}", *args.overrides])
     stage = get_stage(args.stage)
     final = StageRunner(cfg, stage, *builders_for(cfg)).run(resume=args.resume)
+    shutdown()
     print(f"stage {args.stage} done: {final}")
     return 0

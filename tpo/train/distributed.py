@@ -69,6 +69,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Tear the process group down once every rank is done (an exit that leaves the
+    communication threads running can abort the process after the work is saved)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def gather(obj: object) -> list:
     """Every rank's picklable `obj`, in rank order (a collective; `[obj]` in a single process)."""
     import torch.distributed as dist

@@ -310,7 +310,10 @@ def check_resume_world(folder: Path, world_size: int) -> None:
 def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:
     """Refuse ZeRO-3 on several ranks for a stage whose heads train: a head runs only on ranks
     whose micro-batch holds its task, and ZeRO-3 gathers each module's weights and reduces its
-    gradients with collectives, so the ranks would fall out of step (a crash or a hang)."""
+    gradients with collectives, so the ranks would fall out of step (a crash or a hang). Even
+    with every head run on every rank, a head's graph would follow its sample count, and ZeRO-3,
+    like ZeRO-1/2, reduces gradients in the order they finish; `in_fixed_order` cannot reorder
+    them there, since outside their module's forward ZeRO-3 parameters are empty shards."""
     if world_size > 1 and stage.head_losses:
         raise ValueError(
             f"train.deepspeed={ds_file}: ZeRO-3 on {world_size} ranks cannot train stage "

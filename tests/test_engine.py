@@ -34,6 +34,16 @@ def _script(*args: str) -> list[str]:
     return [sys.executable, "-m", "tests.helpers.toy_engine", *map(str, args)]
 
 
+def _launch(port: int, *args) -> subprocess.CompletedProcess:
+    """The toy script on 2 ranks through the `deepspeed` launcher (asserts it succeeded)."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(port), "--module"]
+    cmd += ["tests.helpers.toy_engine", *map(str, args)]
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
 def test_stage_trains_exactly_its_groups(tmp_path):
     cfg = toy_config(str(tmp_path / "s1"), 1, 5)
     runner = StageRunner(cfg, get_stage(1), *builders())
@@ -124,24 +134,8 @@ def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [2, 3])
 def test_two_processes_on_loopback_stay_in_sync(tmp_path, zero):
-    launcher = Path(sys.executable).parent / "deepspeed"
-    extra = ["--deepspeed", str(zero3_all_sharded(tmp_path))] if zero == 3 else []
-    cmd = [
-        str(launcher),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(29611 + zero),
-        "--module",
-        "tests.helpers.toy_engine",
-        str(tmp_path / "dp"),
-        "1",
-        "4",
-        "0",
-        *extra,
-    ]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    extra = ["--deepspeed", zero3_all_sharded(tmp_path)] if zero == 3 else []
+    out = _launch(29611 + zero, tmp_path / "dp", 1, 4, 0, *extra)
     # the ranks print at the same moment, so their lines may run together
     sums = dict(re.findall(r"(RANK\d) CHECKSUM ([-+0-9.e]+)", out.stdout))
     assert set(sums) == {"RANK0", "RANK1"}, out.stdout[-2000:]
@@ -173,14 +167,9 @@ def test_two_ranks_routing_different_heads_match_one_rank(tmp_path, port, zero, 
     subprocess.run(
         _script(s1, 1, 1, 0, "--routed"), env=ENV, check=True, capture_output=True, cwd=ROOT
     )
-    launcher = Path(sys.executable).parent / "deepspeed"
     common = ["2", "3", "0", "--routed", "--init", s1 / "final"]
     common += ["--deepspeed", tmp_path / "ds.json"]
-    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(port), "--module"]
-    cmd += ["tests.helpers.toy_engine", str(tmp_path / "two"), *map(str, common)]
-    cmd += ["--bad_on_rank", "1"]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _launch(port, tmp_path / "two", *common, "--bad_on_rank", "1")
     one = subprocess.run(
         _script(tmp_path / "one", *common, "--micro_batch", "8"),
         env=ENV,

@@ -106,14 +106,16 @@ class ToyData:
 
     def iterate(self, start: int):
         k, size = start, self.mb * self.world
-        task = (torch.arange(size) >= size // 2).long() if self.routed else torch.zeros(size)
+        task = torch.zeros(size, dtype=torch.long)
+        if self.routed:
+            task[size // 2 :] = 1
         while True:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
             idx = torch.randint(0, len(self.x), (size,), generator=g)
             mine = slice(self.rank * self.mb, (self.rank + 1) * self.mb)
             if self.rank == self.bad_on_rank:
                 self.bad_samples["toy: skipped"] += 1
-            yield ToyBatch(self.x[idx[mine]], self.y[idx[mine]], task[mine].long())
+            yield ToyBatch(self.x[idx[mine]], self.y[idx[mine]], task[mine])
             k += 1
 
 

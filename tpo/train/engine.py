@@ -104,7 +104,8 @@ class StageRunner:
         stored = ckpt_io.group_names(self.model, self.inherited + self.groups)
         # frozen parameters never change: fingerprint them now, while they are whole
         self.base_fingerprint = ckpt_io.base_fingerprint(self.model, set(stored))
-        n_train = count([p for ps in chosen.values() for p in ps])
+        trained = [p for ps in chosen.values() for p in ps]  # select_trainable keeps each once
+        n_train = count(trained)
         n_all = count(list(self.model.parameters()))
         if self.dist.is_main:
             sizes = ", ".join(f"{g} {count(ps) / 1e6:.3f}M" for g, ps in chosen.items())
@@ -133,8 +134,7 @@ class StageRunner:
         if self.dist.world_size > 1 and zero.get("stage", 0) in (1, 2):
             # ZeRO-1/2 need every rank to ready gradients in one order (`in_fixed_order`);
             # ZeRO-3 on several ranks trains only stages whose graphs never vary
-            params = list({id(p): p for ps in chosen.values() for p in ps}.values())
-            self.model.register_forward_hook(functools.partial(_loss_in_fixed_order, params))
+            self.model.register_forward_hook(functools.partial(_loss_in_fixed_order, trained))
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optim, lr_scheduler=sched, config=self.ds_config
         )

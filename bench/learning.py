@@ -2,7 +2,9 @@
 
 Scores the untrained model, the best constant prediction learned from the training split
 (mean span, mean box, mean mask, majority answer letter) and the trained stage-3 model on the
-toy-world test split: temporal R1@0.5, box Acc@0.5, mask J&F and multiple-choice accuracy.
+toy-world test split: temporal R1@0.5, box Acc@0.5, mask J&F and multiple-choice accuracy, and
+for each metric the trained model's lead over the better baseline with a 95% paired bootstrap
+interval over the test items ("clear" when the whole interval is above zero).
 
     make stage1 stage2 stage3 && .venv/bin/python bench/learning.py [--checkpoint DIR]
 """
@@ -17,14 +19,20 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-METRICS = ("temporal R1@0.5", "box Acc@0.5", "mask J&F", "MC accuracy")
-
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tpo.config import TPOConfig, load_config
-    from tpo.eval.learning import Prior, evaluate, evaluate_prior, load_split
+    from tpo.eval.learning import (
+        METRICS,
+        Prior,
+        evaluate,
+        evaluate_prior,
+        load_split,
+        paired_difference,
+        summarise,
+    )
     from tpo.model.build import build_collator
     from tpo.stages import get_stage
     from tpo.train.builders import build_train_model
@@ -46,23 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     trained = load_inference_model(ckpt)
     untrained = build_train_model(cfg, get_stage(3)).float().eval()
     collator = build_collator(cfg.model, trained.mllm)
-    rows = {
+    scores = {
         "untrained": evaluate(untrained, collator, cfg, test, desc="untrained"),
-        "prior only": evaluate_prior(Prior.fit(train), test),
+        "prior only": evaluate_prior(Prior.fit(train), cfg, test),
         "stage 3": evaluate(trained, collator, cfg, test, desc="stage 3"),
     }
+    rows = {name: summarise(s) for name, s in scores.items()}
+    metrics = list(METRICS.values())
     counts = ", ".join(f"{k} {len(v)}" for k, v in test.items())
     print(f"toy-world test split ({counts})")
-    print(f"| model | {' | '.join(METRICS)} |")
-    print(f"|---|{'---|' * len(METRICS)}")
+    print(f"| model | {' | '.join(metrics)} |")
+    print(f"|---|{'---|' * len(metrics)}")
     for name, res in rows.items():
-        cells = " | ".join(f"{res[m]:.1f}" if m in res else "n/a" for m in METRICS)
-        print(f"| {name} | {cells} |")
-    trained_row = rows["stage 3"]
-    for m in METRICS:
-        if m in trained_row:
-            best = max(rows["untrained"].get(m, 0.0), rows["prior only"].get(m, 0.0))
-            print(f"{m}: stage 3 - best baseline = {trained_row[m] - best:+.1f}")
+        print(f"| {name} | {' | '.join(f'{res[m]:.1f}' for m in metrics)} |")
+    for m in metrics:
+        best = max(("untrained", "prior only"), key=lambda name: rows[name][m])
+        diff, lo, hi = paired_difference(scores["stage 3"][m], scores[best][m])
+        verdict = "clear" if lo > 0 else "not clear"
+        print(f"{m}: stage 3 - {best} = {diff:+.1f} (95% CI {lo:+.1f} to {hi:+.1f}): {verdict}")
     return 0
 
 

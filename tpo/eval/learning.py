@@ -1,6 +1,7 @@
 """Does training help? The untrained model, a prior-only baseline and a trained model on the
-toy-world test split, scored with the same four metrics (temporal R1@0.5, box Acc@0.5, mask
-J&F, multiple-choice accuracy). Used by bench/learning.py.
+toy-world test split, scored item by item with the same four metrics (temporal R1@0.5, box
+Acc@0.5, mask J&F, multiple-choice accuracy), and how sure a difference is (a paired bootstrap
+interval over the test items). Used by bench/learning.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from tqdm import tqdm
 
 from tpo.data.dataset import VideoTaskDataset
 from tpo.data.records import Record
+from tpo.infer.predict import Prediction
+
+METRICS = {  # task -> the metric its test records are scored with
+    "temporal": "temporal R1@0.5",
+    "region": "box Acc@0.5",
+    "mask": "mask J&F",
+    "mc": "MC accuracy",
+}
 
 TEST_FILES = {  # name -> (format, annotation under annotations/)
     "temporal": ("qvh", "qvh_{split}.jsonl"),
@@ -110,103 +119,123 @@ def _samples(records: list[Record], cfg) -> VideoTaskDataset:
 
 def evaluate(
     model, collator, cfg, test: dict[str, list[Record]], batch_size: int = 8, desc: str = "model"
-) -> dict[str, float]:
-    """The four metrics of `model` on the test records."""
-    from tpo.eval.boxes import box_accuracy
-    from tpo.eval.mask_ops import video_jf
-    from tpo.eval.moments import recall_at_1
-    from tpo.eval.multiple_choice import multiple_choice_accuracy
+) -> dict[str, np.ndarray]:
+    """Per-item scores of `model` on the test records: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
     from tpo.infer.predict import predict
     from tpo.train.builders import question_text
 
-    results: dict[str, float] = {}
+    results: dict[str, np.ndarray] = {}
     for task, records in test.items():
         data = _samples(records, cfg)
-        preds, gts = [], []
+        preds, gts, gt_masks = [], [], []
         for start in tqdm(range(0, len(records), batch_size), desc=f"{desc}: {task}", leave=False):
             samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
-            qs = [question_text(s.record) for s in samples]
-            mframes = [visible_mask_frames(s)[0] for s in samples] if task == "mask" else None
-            out = predict(
+            mask_io = [visible_mask_frames(s) for s in samples] if task == "mask" else None
+            preds += predict(
                 model,
                 collator,
                 torch.stack([s.frames for s in samples]),
-                qs,
+                [question_text(s.record) for s in samples],
                 [s.record.video for s in samples],
                 [s.duration for s in samples],
                 box_frames=[s.box_frame or 0 for s in samples],
-                mask_frames=mframes,
+                mask_frames=[frames for frames, _ in mask_io] if mask_io else None,
             )
-            for s, p in zip(samples, out):
-                preds.append(p)
-                gts.append(s)
-        results.update(
-            _score(task, preds, gts, recall_at_1, box_accuracy, video_jf, multiple_choice_accuracy)
-        )
+            gts += samples
+            gt_masks += [gt.numpy().astype(bool) for _, gt in mask_io or []]
+        results[METRICS[task]] = item_scores(task, preds, gts, gt_masks)
     return results
 
 
-def _score(task, preds, gts, recall_at_1, box_accuracy, video_jf, mc_accuracy) -> dict[str, float]:
-
-    if task == "temporal":
-        top = np.array([p.windows[0][:2] if p.windows else [0.0, 0.0] for p in preds])
-        return {"temporal R1@0.5": 100 * recall_at_1(top, [s.record.windows for s in gts], 0.5)}
-    if task == "region":
-        pred = np.array([p.box if p.box is not None else [0, 0, 0, 0] for p in preds], float)
-        gt = np.array([s.box.tolist() for s in gts], float)
-        return {"box Acc@0.5": 100 * box_accuracy(pred, gt, 0.5)}
-    if task == "mask":
-        scores = []
-        for p, s in zip(preds, gts):
-            _, gt = visible_mask_frames(s)
-            pm = p.masks if p.masks is not None else np.zeros(gt.shape, bool)
-            j, f = video_jf(np.asarray(pm, bool), gt.numpy().astype(bool))
-            scores.append((j + f) / 2)
-        return {"mask J&F": 100 * float(np.mean(scores))}
-    texts = [p.text for p in preds]
-    return {
-        "MC accuracy": 100
-        * mc_accuracy(texts, [s.record.answer for s in gts], raw_generation=False)
-    }
-
-
-def evaluate_prior(prior: Prior, test: dict[str, list[Record]]) -> dict[str, float]:
-    """The four metrics of the constant predictions."""
-    from pycocotools import mask as mask_utils
-
-    from tpo.eval.boxes import box_accuracy
-    from tpo.eval.mask_ops import video_jf
-    from tpo.eval.moments import recall_at_1
-    from tpo.eval.multiple_choice import multiple_choice_accuracy
-
+def evaluate_prior(prior: Prior, cfg, test: dict[str, list[Record]]) -> dict[str, np.ndarray]:
+    """Per-item scores of the constant predictions, on the same samples and frames as `evaluate`."""
+    results: dict[str, np.ndarray] = {}
     c, w = prior.span
-    top = np.array(
-        [
-            [max(0.0, (c - w / 2) * r.duration), min(r.duration, (c + w / 2) * r.duration)]
-            for r in test["temporal"]
-        ]
+    for task, records in test.items():
+        data = _samples(records, cfg)
+        samples = [data[i] for i in range(len(records))]
+        gt_masks = []
+        if task == "mask":
+            gt_masks = [visible_mask_frames(s)[1].numpy().astype(bool) for s in samples]
+        preds = []
+        for k, s in enumerate(samples):
+            d = s.record.duration or s.duration  # the fit normalised by the annotated one
+            mask = np.broadcast_to(prior.mask, gt_masks[k].shape).copy() if gt_masks else None
+            preds.append(
+                Prediction(
+                    text=f"({prior.answer_letter})",
+                    windows=[[max(0.0, (c - w / 2) * d), min(d, (c + w / 2) * d), 1.0]],
+                    box=list(prior.box),
+                    masks=mask,
+                )
+            )
+        results[METRICS[task]] = item_scores(task, preds, samples, gt_masks)
+    return results
+
+
+def item_scores(
+    task: str, preds: list[Prediction], samples: list, gt_masks: list | None = None
+) -> np.ndarray:
+    """`[n]` scores of predictions against their `VideoTaskDataset` samples: top-1 window IoU >=
+    0.5, box IoU >= 0.5 (normalised xyxy), J&F on `gt_masks` (bool `[k, H, W]` each), right
+    option (the MVBench rule)."""
+    from tpo.eval.boxes import box_iou
+    from tpo.eval.mask_ops import video_jf
+    from tpo.eval.moments import top1_iou
+    from tpo.eval.multiple_choice import check_answer
+
+    if len(preds) != len(samples):
+        raise ValueError(f"{len(preds)} predictions for {len(samples)} samples")
+    if task == "temporal":
+        top = np.array([p.windows[0][:2] if p.windows else [0.0, 0.0] for p in preds], float)
+        gt = [s.record.windows for s in samples]
+        return (top1_iou(top.reshape(-1, 2), gt) >= 0.5).astype(float)
+    if task == "region":
+        pred = np.array([p.box if p.box is not None else [0.0] * 4 for p in preds], float)
+        gt = np.array([s.box.tolist() for s in samples], float)
+        return (box_iou(pred.reshape(-1, 4), gt.reshape(-1, 4)) >= 0.5).astype(float)
+    if task == "mask":
+        if gt_masks is None or len(gt_masks) != len(preds):
+            raise ValueError("mask scores need one GT mask stack per prediction")
+        scores = []
+        for p, gt in zip(preds, gt_masks):
+            pm = p.masks if p.masks is not None else np.zeros(gt.shape, bool)
+            j, f = video_jf(np.asarray(pm, bool), gt)
+            scores.append((j + f) / 2)
+        return np.array(scores, float)
+    if task == "mc":
+        return np.array(
+            [check_answer(p.text, s.record.answer) for p, s in zip(preds, samples)], float
+        )
+    raise ValueError(f"unknown task {task!r}; expected one of {sorted(METRICS)}")
+
+
+def summarise(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """metric -> 100 x the mean item score."""
+    return {m: 100 * float(np.mean(s)) if len(s) else 0.0 for m, s in scores.items()}
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """100 x (mean(a) - mean(b)) of paired item scores and its `level` bootstrap interval
+    (resampling test items, so both models see the same draw)."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores need two [n] arrays, got {a.shape} and {b.shape}")
+    diff = 100 * float(a.mean() - b.mean())
+    if len(a) < 2:
+        return diff, diff, diff
+    # percentile, not scipy's default BCa: BCa is undefined (NaN) when every item is a tie
+    res = bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
+        paired=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=seed,
     )
-    r1 = recall_at_1(top, [r.windows for r in test["temporal"]], 0.5)
-    gt_boxes = np.array(
-        [
-            [r.box[0] / r.width, r.box[1] / r.height, r.box[2] / r.width, r.box[3] / r.height]
-            for r in test["region"]
-        ]
-    )
-    acc = box_accuracy(np.tile(prior.box, (len(gt_boxes), 1)), gt_boxes, 0.5)
-    jfs = []
-    for r in test["mask"]:
-        gt = np.stack([mask_utils.decode(m).astype(bool) for m in r.masks.values()])
-        j, f = video_jf(np.broadcast_to(prior.mask, gt.shape).copy(), gt)
-        jfs.append((j + f) / 2)
-    mc = multiple_choice_accuracy(
-        [f"({prior.answer_letter})" for _ in test["mc"]],
-        [r.answer for r in test["mc"]],
-        raw_generation=False,
-    )
-    return {
-        "temporal R1@0.5": 100 * r1,
-        "box Acc@0.5": 100 * acc,
-        "mask J&F": 100 * float(np.mean(jfs)),
-        "MC accuracy": 100 * mc,
-    }
+    return diff, 100 * float(res.confidence_interval.low), 100 * float(res.confidence_interval.high)

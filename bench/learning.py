@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_prior,
         load_split,
         paired_difference,
+        prepare,
         summarise,
     )
     from tpo.model.build import build_collator
@@ -54,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     trained = load_inference_model(ckpt)
     untrained = build_train_model(cfg, get_stage(3)).float().eval()
     collator = build_collator(cfg.model, trained.mllm)
+    items = prepare(test, cfg)  # decoded once, scored three times
     scores = {
-        "untrained": evaluate(untrained, collator, cfg, test, desc="untrained"),
-        "prior only": evaluate_prior(Prior.fit(train), cfg, test),
-        "stage 3": evaluate(trained, collator, cfg, test, desc="stage 3"),
+        "untrained": evaluate(untrained, collator, items, desc="untrained"),
+        "prior only": evaluate_prior(Prior.fit(train), items),
+        "stage 3": evaluate(trained, collator, items, desc="stage 3"),
     }
     rows = {name: summarise(s) for name, s in scores.items()}
     metrics = list(METRICS.values())

@@ -17,6 +17,7 @@ from tpo.eval.learning import (
     item_scores,
     load_split,
     paired_difference,
+    prepare,
     summarise,
 )
 from tpo.infer.predict import Prediction
@@ -148,7 +149,7 @@ def test_prior_scored_end_to_end_on_a_generated_world(world):
     train, test = load_split(world, "train"), load_split(world, "test")
     assert all(test[t] for t in METRICS)
     prior = Prior.fit(train)
-    scores = evaluate_prior(prior, cfg, test)
+    scores = evaluate_prior(prior, prepare(test, cfg))
     assert set(scores) == set(METRICS.values())
 
     right = [r.answer.startswith(f"({prior.answer_letter})") for r in test["mc"]]

@@ -7,7 +7,7 @@ interval over the test items). Used by bench/learning.py.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -117,20 +117,49 @@ def _samples(records: list[Record], cfg) -> VideoTaskDataset:
     )
 
 
+@dataclass
+class EvalItems:
+    """One task's test samples, decoded once and shared by every model and the prior scored.
+
+    mask_frames / gt_masks (mask task only): per sample the frames the mask head predicts on,
+    uint8 `[k, 3, H0, W0]`, and their GT, bool `[k, H0, W0]` (see `visible_mask_frames`).
+    """
+
+    task: str
+    samples: list
+    mask_frames: list[torch.Tensor] = field(default_factory=list)
+    gt_masks: list[np.ndarray] = field(default_factory=list)
+
+
+def prepare(test: dict[str, list[Record]], cfg) -> dict[str, EvalItems]:
+    """The test records as samples at the model's frames and size, per task."""
+    items = {}
+    for task, records in test.items():
+        data = _samples(records, cfg)
+        it = EvalItems(task, [data[i] for i in range(len(records))])
+        if task == "mask":
+            for frames, gt in map(visible_mask_frames, it.samples):
+                it.mask_frames.append(frames)
+                it.gt_masks.append(gt.numpy().astype(bool))
+        items[task] = it
+    return items
+
+
 def evaluate(
-    model, collator, cfg, test: dict[str, list[Record]], batch_size: int = 8, desc: str = "model"
+    model, collator, items: dict[str, EvalItems], batch_size: int = 8, desc: str = "model"
 ) -> dict[str, np.ndarray]:
-    """Per-item scores of `model` on the test records: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
+    """Per-item scores of `model`: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
     from tpo.infer.predict import predict
     from tpo.train.builders import question_text
 
     results: dict[str, np.ndarray] = {}
-    for task, records in test.items():
-        data = _samples(records, cfg)
-        preds, gts, gt_masks = [], [], []
-        for start in tqdm(range(0, len(records), batch_size), desc=f"{desc}: {task}", leave=False):
-            samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
-            mask_io = [visible_mask_frames(s) for s in samples] if task == "mask" else None
+    for task, it in items.items():
+        preds = []
+        for start in tqdm(
+            range(0, len(it.samples), batch_size), desc=f"{desc}: {task}", leave=False
+        ):
+            batch = slice(start, start + batch_size)
+            samples = it.samples[batch]
             preds += predict(
                 model,
                 collator,
@@ -139,28 +168,21 @@ def evaluate(
                 [s.record.video for s in samples],
                 [s.duration for s in samples],
                 box_frames=[s.box_frame or 0 for s in samples],
-                mask_frames=[frames for frames, _ in mask_io] if mask_io else None,
+                mask_frames=it.mask_frames[batch] or None,
             )
-            gts += samples
-            gt_masks += [gt.numpy().astype(bool) for _, gt in mask_io or []]
-        results[METRICS[task]] = item_scores(task, preds, gts, gt_masks)
+        results[METRICS[task]] = item_scores(task, preds, it.samples, it.gt_masks)
     return results
 
 
-def evaluate_prior(prior: Prior, cfg, test: dict[str, list[Record]]) -> dict[str, np.ndarray]:
+def evaluate_prior(prior: Prior, items: dict[str, EvalItems]) -> dict[str, np.ndarray]:
     """Per-item scores of the constant predictions, on the same samples and frames as `evaluate`."""
     results: dict[str, np.ndarray] = {}
     c, w = prior.span
-    for task, records in test.items():
-        data = _samples(records, cfg)
-        samples = [data[i] for i in range(len(records))]
-        gt_masks = []
-        if task == "mask":
-            gt_masks = [visible_mask_frames(s)[1].numpy().astype(bool) for s in samples]
+    for task, it in items.items():
         preds = []
-        for k, s in enumerate(samples):
+        for k, s in enumerate(it.samples):
             d = s.record.duration or s.duration  # the fit normalised by the annotated one
-            mask = np.broadcast_to(prior.mask, gt_masks[k].shape).copy() if gt_masks else None
+            mask = np.broadcast_to(prior.mask, it.gt_masks[k].shape).copy() if it.gt_masks else None
             preds.append(
                 Prediction(
                     text=f"({prior.answer_letter})",
@@ -169,7 +191,7 @@ def evaluate_prior(prior: Prior, cfg, test: dict[str, list[Record]]) -> dict[str
                     masks=mask,
                 )
             )
-        results[METRICS[task]] = item_scores(task, preds, samples, gt_masks)
+        results[METRICS[task]] = item_scores(task, preds, it.samples, it.gt_masks)
     return results
 
 

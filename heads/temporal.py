@@ -220,7 +220,9 @@ def postprocess_spans(
 
     Spans are clipped to [0, duration]; with `nms_iou`, a window whose IoU with a better-scored
     kept window exceeds it is dropped; `max_windows` keeps the best ones. With frame logits
-    (`windows_from: frames`) the runs of `frame_runs` come first, then the decoder's spans.
+    (`windows_from: frames`) the runs of `frame_runs` come first, then the decoder's spans, whose
+    scores are scaled to at most half the lowest run's, so the order is still by score (the
+    official evaluator takes the first window for R1 but ranks by score for mAP).
     """
     probs = out.pred_logits.float().softmax(-1)[..., 0]  # [n, q]
     xx = span_cw_to_xx(out.pred_spans.float()).clamp(0.0, 1.0)  # [n, q, 2]
@@ -236,10 +238,9 @@ def postprocess_spans(
         if out.frame_logits is not None:
             dur = float(duration[i])
             valid = out.mask[i]
-            rows = (
-                frame_runs(out.frame_logits[i][valid].sigmoid(), out.tau[i][valid] * dur, dur)
-                + rows
-            )
+            runs = frame_runs(out.frame_logits[i][valid].sigmoid(), out.tau[i][valid] * dur, dur)
+            floor = min(r[2] for r in runs) / 2 if runs else 1.0
+            rows = runs + [[s, e, p * floor] for s, e, p in rows]
         results.append(rows[:max_windows])
     return results
 

@@ -98,3 +98,22 @@ def test_frame_head_learns_windows_first_in_postprocess():
     hits = [w[0][:2] == pytest.approx([float(s), float(s) + 4.0]) for w, s in zip(windows, start)]
     assert sum(hits) >= 14, windows
     assert all(len(w) >= 1 + FRAMES.num_queries for w in windows)  # the runs, then the spans
+
+
+def test_postprocess_ranks_runs_first_and_keeps_scores_in_that_order():
+    # frames at 0.5..3.5 s of a 4-s video; frames 1-2 foreground (sigmoid(2) = 0.8808)
+    frame_logits = torch.tensor([[-3.0, 2.0, 2.0, -3.0]])
+    tau = torch.tensor([[0.125, 0.375, 0.625, 0.875]])
+    spans = torch.tensor([[[0.5, 0.5], [0.25, 0.5]]])  # (centre, width)
+    logits = torch.log(torch.tensor([[[0.99, 0.01], [0.6, 0.4]]]))  # decoder more sure than run
+    out = TemporalOutput(
+        spans, logits, torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool), [], frame_logits, tau
+    )
+    (windows,) = postprocess_spans(out, torch.tensor([4.0]))
+    run = torch.sigmoid(torch.tensor(2.0)).item()
+    assert windows[0] == pytest.approx([1.0, 3.0, run])  # the run still comes first
+    # the decoder's spans follow, scaled to half the lowest run score: 0.99 * run / 2, 0.6 * run / 2
+    assert windows[1] == pytest.approx([1.0, 3.0, 0.99 * run / 2])
+    assert windows[2] == pytest.approx([0.0, 2.0, 0.6 * run / 2])
+    scores = [w[2] for w in windows]
+    assert scores == sorted(scores, reverse=True)

@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 from test_video import denorm, grey, write_mp4
 
 from tpo.data.dataset import VideoTaskDataset, include_frame, sample_weights, weighted_sampler
-from tpo.data.records import Record
+from tpo.data.records import AnnotationError, Record
 from tpo.data.video import VideoError
 
 
@@ -117,3 +117,20 @@ def test_weighted_mixing_follows_dataset_weights():
     assert share == pytest.approx(0.75, abs=0.03)
     with pytest.raises(ValueError, match=r"no weight for dataset\(s\) \['big'\]"):
         sample_weights(records, {"small": 1.0})
+
+
+def test_undecodable_mask_is_a_counted_skip(mp4):
+    good = {"size": [16, 20], "counts": mask_utils.encode(np.ones((16, 20), np.uint8, "F"))}
+    good["counts"] = good["counts"]["counts"].decode()
+    bad = {"size": [16, 20], "counts": "!!!!~~~~"}  # passes pycocotools' area, fails decode
+    frames = list(range(40))
+    records = [
+        rec(mp4, "mask", qid="bad", masks=dict.fromkeys(frames, bad), mask_frames=frames,
+            height=16, width=20),
+        rec(mp4, "mask", qid="good", masks=dict.fromkeys(frames, good), mask_frames=frames,
+            height=16, width=20),
+    ]  # fmt: skip
+    ds = dataset(records, num_frames=2)
+    assert ds[0].record.qid == "good" and ds.bad_samples == {"annotation_bad_value": 1}
+    with pytest.raises(AnnotationError, match=r"mask of frame \d+ is not a valid COCO RLE"):
+        dataset(records, num_frames=2, strict=True)[0]

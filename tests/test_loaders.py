@@ -285,3 +285,68 @@ def test_missing_and_invalid_files(tmp_path):
         load_annotation("refcoco", bad, tmp_path, strict=False)
     with pytest.raises(ValueError, match="unknown annotation format 'avi'"):
         load_annotation("avi", bad, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        (qvh_line(duration=float("nan")), "duration"),
+        (qvh_line(duration=float("inf")), "duration"),
+        (qvh_line(relevant_windows=[[float("nan"), 5.0]]), "window start"),
+    ],
+)
+def test_nan_and_infinity_are_not_numbers(tmp_path, line, key):
+    ann = tmp_path / "qvh.jsonl"
+    ann.write_text(qvh_line() + "\n" + line + "\n")  # json writes NaN / Infinity, and reads them
+    with pytest.raises(AnnotationError, match=rf"{ann}:2: .* is not a finite number.*{key}"):
+        load_annotation("qvh", ann, tmp_path)
+    report = LoadReport()
+    assert len(load_annotation("qvh", ann, tmp_path, strict=False, report=report)) == 1
+    assert report.skipped == {"bad_value": 1}
+
+
+def test_non_utf8_file_names_file_line_and_byte(tmp_path):
+    ann = tmp_path / "qvh.jsonl"
+    text = qvh_line() + "\n" + qvh_line(query="cafe")
+    ann.write_bytes(text.encode().replace(b"cafe", b"caf\xe9"))  # a latin-1 e-acute
+    with pytest.raises(AnnotationError, match=rf"{ann}:2: byte 0xe9 at offset \d+ is not UTF-8"):
+        load_annotation("qvh", ann, tmp_path, strict=False)  # the whole file is unreadable
+
+
+def test_blank_texts_and_non_text_options(tmp_path):
+    ann = tmp_path / "conversation.json"
+    items = [{"video": "v0.mp4", "QA": [{"i": "Describe it.", "q": "", "a": "A square."}]},
+             {"video": "v1.mp4", "QA": [{"q": "What?", "a": "  "}]}]  # fmt: skip
+    ann.write_text(json.dumps(items))
+    with pytest.raises(AnnotationError, match=r"\[1\]\.QA\[0\]: key 'a' is '  ', expected"):
+        load_annotation("conversation", ann, tmp_path)
+    (rec,) = load_annotation("conversation", ann, tmp_path, strict=False)
+    assert rec.question == "" and rec.instruction == "Describe it."  # VideoChat2 captions
+    ann = tmp_path / "qvh.jsonl"
+    ann.write_text(qvh_line(query=" "))
+    with pytest.raises(AnnotationError, match=r"key 'query' is ' ', expected the query"):
+        load_annotation("qvh", ann, tmp_path)
+    ann = tmp_path / "mvbench.json"
+    item = {"video": "v.mp4", "question": "Q", "candidates": ["a", None], "answer": "a"}
+    ann.write_text(json.dumps([item]))
+    with pytest.raises(AnnotationError, match=r"candidates \['a', None\], expected option texts"):
+        load_annotation("mvbench", ann, tmp_path)
+
+
+def test_mevis_rle_sizes_and_counts_are_checked(tmp_path):
+    a = np.zeros((8, 10), bool)
+    a[1:3, 1:4] = True
+    other = rle(np.ones((6, 10), bool))
+    exprs = {"0": {"exp": "x", "anno_id": ["10", "11"]}}
+    cases = {
+        "size": ({"10": [rle(a)], "11": [{"size": [0, 0], "counts": ""}]}, r"size \[0, 0\]"),
+        "mixed": ({"10": [rle(a)], "11": [other]}, r"size \[6, 10\], but .* are \[8, 10\]"),
+        "counts": (
+            {"10": [rle(a)], "11": [{"size": [8, 10], "counts": [10, 5, 3]}]},
+            r"uncompressed counts cover 18 pixels, expected h x w = 80",
+        ),
+    }
+    for name, (mask_dict, words) in cases.items():
+        folder = write_mevis(tmp_path / name, ["00000"], exprs, mask_dict)
+        with pytest.raises(AnnotationError, match=rf"mask_dict.json: anno_id 11 frame 0: {words}"):
+            load_annotation("mevis", folder, tmp_path)

@@ -102,7 +102,8 @@ def entry(**kw):
         (entry(format="avi"), r"format must be one of .*got 'avi'"),
         (entry(task="region"), r"format 'qvh' holds 'temporal' records, but task is 'region'"),
         (entry(task="speech"), r"task must be one of"),
-        (entry(weight=0), r"weight must be > 0"),
+        (entry(weight=0), r"weight must be a finite number > 0, got 0"),
+        (entry(weight=float("inf")), r"weight must be a finite number > 0, got inf"),
         (entry(sampling=3), r"sampling"),
     ],
 )
@@ -133,6 +134,10 @@ def test_load_records_through_the_loaders(tmp_path):
                                   annotation="conv.json", videos="cv")],
     )  # fmt: skip
     m = load_manifest(path)
+    (tmp_path / "v").mkdir()
+    with pytest.raises(AnnotationError, match=r"dataset 'chat': key 'videos' names .*cv, which"):
+        load_records(m, strict=False)  # else every draw of 'chat' would be skipped
+    (tmp_path / "cv").mkdir()
     records, report = load_records(m, strict=False)
     assert [(r.dataset, r.qid) for r in records] == [("a", "1"), ("a", "2"), ("chat", "0_0")]
     assert records[0].video == str(tmp_path / "v" / "v0.mp4")
@@ -145,6 +150,7 @@ def test_load_records_through_the_loaders(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.jsonl").write_text(json.dumps(good))
+    (other / "v").mkdir()
     moved = Manifest(
         name="x", data_root="/nonexistent", datasets=[DatasetEntry(**entry(max_records=1))]
     )

@@ -109,7 +109,12 @@ def _mask_targets(rec: Record, indices: np.ndarray) -> tuple[torch.Tensor, torch
     for k, i in enumerate(indices.tolist()):
         rle = rec.masks.get(int(i))
         if rle is not None:
-            m = mask_utils.decode(rle)  # [H0, W0] uint8, Fortran order
+            try:
+                m = mask_utils.decode(rle)  # [H0, W0] uint8, Fortran order
+            except ValueError as err:  # counts that do not cover the frame
+                raise AnnotationError(
+                    f"{rec.source}: mask of frame {i} is not a valid COCO RLE ({err})", "bad_value"
+                ) from err
             if m.shape != (rec.height, rec.width):
                 raise AnnotationError(
                     f"{rec.source}: mask of frame {i} is {m.shape}, expected "

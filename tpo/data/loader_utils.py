@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,16 @@ def read_text(path: Path) -> str:
     """The file's text; a missing file is an AnnotationError naming it."""
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found", "missing_file")
-    return path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise AnnotationError(
+            f"{path}:{line}: byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8 "
+            "(expected a UTF-8 text file)",
+            "malformed",
+        ) from err
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str, str]]:
@@ -68,10 +78,12 @@ def need(obj: Any, key: str, where: str, what: str) -> Any:
     return obj[key]
 
 
-def need_str(obj: Any, key: str, where: str, what: str) -> str:
-    """`obj[key]` checked to be a string (ints are accepted for ids and turned into strings)."""
+def need_str(obj: Any, key: str, where: str, what: str, *, blank_ok: bool = False) -> str:
+    """`obj[key]` checked to be a string, non-blank unless `blank_ok` (ints are accepted for ids
+    and turned into strings)."""
     value = need(obj, key, where, what)
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    blank = isinstance(value, str) and not value.strip() and not blank_ok
+    if blank or isinstance(value, bool) or not isinstance(value, str | int):
         raise AnnotationError(f"{where}: key '{key}' is {value!r}, expected {what}", "bad_value")
     return str(value)
 
@@ -83,8 +95,11 @@ def need_number(obj: Any, key: str, where: str, what: str) -> float:
 
 def number(value: Any, where: str, what: str) -> float:
     """`value` as a float; anything else names `where` and what was expected."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AnnotationError(f"{where}: {value!r} is not a number, expected {what}", "bad_value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # json reads NaN and Infinity as floats
+        raise AnnotationError(
+            f"{where}: {value!r} is not a finite number, expected {what}", "bad_value"
+        )
     return float(value)
 
 

@@ -58,7 +58,8 @@ def load_conversation(
             new: list[Record] = []
             for t, turn in enumerate(turns):
                 at = f"{where}.QA[{t}]"
-                question = need_str(turn, "q", at, "the question text")
+                # VideoChat2's caption data leave 'q' empty: the instruction 'i' asks
+                question = need_str(turn, "q", at, "the question text", blank_ok=True)
                 answer = need_str(turn, "a", at, "the answer text")
                 new.append(
                     Record(
@@ -103,6 +104,12 @@ def load_mvbench(
                 raise AnnotationError(
                     f"{where}: candidates {candidates!r}, expected 2-{len(LETTERS)} options",
                     "bad_value",
+                )
+            if not all(
+                isinstance(c, str | int | float) and not isinstance(c, bool) for c in candidates
+            ):
+                raise AnnotationError(
+                    f"{where}: candidates {candidates!r}, expected option texts", "bad_value"
                 )
             options = [str(c) for c in candidates]
             if answer not in options:

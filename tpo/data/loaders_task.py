@@ -213,6 +213,7 @@ def _expression_masks(
 ) -> dict[int, dict]:
     """Position in the frame list -> RLE union of the expression's objects on that frame."""
     per_frame: dict[int, list[dict]] = {}
+    frame_size = None
     for anno in anno_ids:
         rles = mask_dict.get(str(anno))
         if rles is None:
@@ -237,9 +238,34 @@ def _expression_masks(
                     "{'size': [h, w], 'counts': ...} or null",
                     "bad_value",
                 )
+            size = rle["size"]
+            if not (
+                isinstance(size, list)
+                and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            ):
+                raise AnnotationError(
+                    f"{mask_path}: anno_id {anno} frame {j}: size {size!r}, expected [h, w] "
+                    "positive ints",
+                    "bad_value",
+                )
+            frame_size = frame_size or size
+            if size != frame_size:
+                raise AnnotationError(
+                    f"{mask_path}: anno_id {anno} frame {j}: size {size}, but {where}'s other "
+                    f"masks are {frame_size} (expected one frame size per expression)",
+                    "bad_value",
+                )
+            counts = rle["counts"]
+            if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
+                raise AnnotationError(
+                    f"{mask_path}: anno_id {anno} frame {j}: uncompressed counts cover "
+                    f"{sum(counts)} pixels, expected h x w = {size[0] * size[1]}",
+                    "bad_value",
+                )
             try:
-                if isinstance(rle["counts"], list):  # uncompressed RLE -> compressed
-                    rle = mask_utils.frPyObjects(rle, *rle["size"])
+                if isinstance(counts, list):  # uncompressed RLE -> compressed
+                    rle = mask_utils.frPyObjects(rle, *size)
                 area = int(mask_utils.area(rle))
             except (TypeError, ValueError) as err:
                 raise AnnotationError(

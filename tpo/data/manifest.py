@@ -7,10 +7,11 @@ Annotation and video paths are relative to `data_root` (absolute paths are kept)
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpo.data.records import FORMAT_TASKS, TASKS, LoadReport, Record
+from tpo.data.records import FORMAT_TASKS, TASKS, AnnotationError, LoadReport, Record
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class DatasetEntry:
                 f"dataset '{self.name}': format {self.format!r} holds {FORMAT_TASKS[self.format]!r} "
                 f"records, but task is {self.task!r}"
             )
-        if not self.weight > 0:
-            raise ValueError(f"dataset '{self.name}': weight must be > 0, got {self.weight}")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ValueError(
+                f"dataset '{self.name}': weight must be a finite number > 0, got {self.weight}"
+            )
         if self.max_records is not None and self.max_records <= 0:
             raise ValueError(f"dataset '{self.name}': max_records must be > 0 or null")
 
@@ -106,6 +109,12 @@ def load_records(
     for entry in manifest.datasets:
         ann = manifest.path(entry.annotation, data_root)
         vids = manifest.path(entry.videos, data_root)
+        if not vids.is_dir():  # else every sample of the dataset is skipped, one at a time
+            raise AnnotationError(
+                f"manifest '{manifest.name}': dataset '{entry.name}': key 'videos' names "
+                f"{vids}, which is not a folder (expected the folder of its videos or images)",
+                "missing_file",
+            )
         got = load_annotation(
             entry.format,
             ann,

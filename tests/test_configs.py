@@ -59,6 +59,8 @@ def test_schema_check_and_cli_errors(tmp_path):
         load_config(TPOConfig, [], ["train.stage=4"])
     with pytest.raises(ConfigError, match="train.align_weight must be >= 0"):
         load_config(TPOConfig, [], ["train.align_weight=-1"])
+    with pytest.raises(ConfigError, match="train.keep_checkpoints >= 1, got 0 and 0"):
+        load_config(TPOConfig, [], ["train.keep_checkpoints=0"])  # `steps[:-0]` kept them all
     with pytest.raises(ConfigError, match="command line.*key=value"):
         load_config(TPOConfig, [], ["train.stage"])
     with pytest.raises(ConfigError, match="not found"):

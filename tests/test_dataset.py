@@ -1,5 +1,6 @@
 """The training dataset: head targets, forced region frame, masks, bad samples, weighted mixing."""
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -89,6 +90,11 @@ def test_bad_samples_are_skipped_and_counted(mp4, tmp_path):
     assert got[1].skipped == ("video_corrupt", "video_missing", "annotation_bad_window")
     assert got[2].skipped == () and got[0].skipped == ()
     assert ds.bad_samples == {"video_corrupt": 1, "video_missing": 1, "annotation_bad_window": 1}
+    # a resumed run restores what was found: the bad records are neither reread nor recounted
+    again = dataset(records)
+    again.load_state_dict(json.loads(json.dumps(ds.state_dict())))
+    assert [again[i].record.qid for i in range(len(again))] == [s.record.qid for s in got]
+    assert again.bad_samples == ds.bad_samples and again[1].skipped == ()
     strict = dataset(records, strict=True)
     with pytest.raises(VideoError, match=str(corrupt)):
         strict[1]

@@ -42,6 +42,19 @@ def ckpt(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "final")
 
 
+def test_weights_that_do_not_fit_the_config_name_both_files(ckpt, tmp_path):
+    import shutil
+
+    from tpo.train.export import load_inference_model
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ckpt, copy)
+    cfg = (copy / "config.yaml").read_text()
+    (copy / "config.yaml").write_text(cfg.replace("r: 8", "r: 4", 1))
+    with pytest.raises(ValueError, match=r"model.safetensors does not fit .*config.yaml.*size"):
+        load_inference_model(copy)
+
+
 @pytest.fixture(scope="session")
 def pipe(ckpt):
     return tpo.load(ckpt)

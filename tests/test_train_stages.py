@@ -89,6 +89,11 @@ def test_three_stages_train_exactly_their_groups(tmp_path, world):
     stage3 = load_inference_model(tmp_path / "stage3" / "final")
     for (k, a), (_, b) in zip(model.named_parameters(), stage3.named_parameters()):
         assert torch.allclose(a, b, atol=1e-2), k  # bf16-trained weights, stored as fp32
+    assert export(tmp_path / "stage3" / "final", out) == out  # an earlier export is replaced
+    # an export never replaces a folder that holds anything else, such as the checkpoint
+    with pytest.raises(FileExistsError, match="is not an inference folder"):
+        export(tmp_path / "stage3" / "final", tmp_path / "stage3" / "final")
+    assert (tmp_path / "stage3" / "final" / "state.json").is_file()
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ class ToyData:
     micro-batch x world sees the union of what several ranks see. `routed`: the first half of
     each global batch has task 0, the second half task 1 (on 2 ranks, one task per rank).
     `bad_on_rank`: that rank counts one skipped sample per micro-batch (as a loader that met a
-    bad one would)."""
+    bad one would); `load_skips`: annotations skipped at load time (counted on rank 0)."""
 
     def __init__(
         self,
@@ -96,6 +96,7 @@ class ToyData:
         world: int,
         routed: bool = False,
         bad_on_rank: int | None = None,
+        load_skips: int = 0,
     ):
         g = torch.Generator().manual_seed(1234)
         self.x = torch.randn(64, 4, generator=g)
@@ -103,6 +104,14 @@ class ToyData:
         self.seed, self.mb, self.rank, self.world = seed, micro_batch, rank, world
         self.routed, self.bad_on_rank = routed, bad_on_rank
         self.bad_samples: Counter = Counter()
+        if load_skips and rank == 0:  # as the real data: skips at load time count on rank 0
+            self.bad_samples["toy: at load"] = load_skips
+
+    def state_dict(self) -> dict:
+        return {"bad_samples": dict(self.bad_samples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bad_samples = Counter(state["bad_samples"])
 
     def iterate(self, start: int):
         k, size = start, self.mb * self.world
@@ -149,14 +158,18 @@ def zero3_all_sharded(folder: Path) -> Path:
     return folder / "zero3.json"
 
 
-def builders(sleep: float = 0.0, routed: bool = False, bad_on_rank: int | None = None):
+def builders(
+    sleep: float = 0.0, routed: bool = False, bad_on_rank: int | None = None, load_skips: int = 0
+):
     def model_builder(cfg, stage):
         torch.manual_seed(0)
         return ToyModel(sleep, routed)
 
     def data_builder(cfg, stage, dist):
         t = cfg.train
-        return ToyData(t.seed, t.micro_batch, dist.rank, dist.world_size, routed, bad_on_rank)
+        return ToyData(
+            t.seed, t.micro_batch, dist.rank, dist.world_size, routed, bad_on_rank, load_skips
+        )
 
     return model_builder, data_builder
 

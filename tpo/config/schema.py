@@ -76,6 +76,11 @@ class TrainConfig:
             raise ValueError(f"train.stage must be 1, 2 or 3, got {self.stage}")
         if self.max_steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
             raise ValueError("train.max_steps, train.micro_batch and train.grad_accum must be >= 1")
+        if self.save_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError(
+                "train.save_every must be >= 0 (0: only the final checkpoint) and "
+                f"train.keep_checkpoints >= 1, got {self.save_every} and {self.keep_checkpoints}"
+            )
         if self.align_weight < 0 or self.align_temperature <= 0:
             raise ValueError("train.align_weight must be >= 0 and train.align_temperature > 0")
         if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_ratio < 1:

@@ -161,6 +161,16 @@ class VideoTaskDataset(Dataset):
         """Change the random frame sampling for a new epoch."""
         self.epoch = epoch
 
+    def state_dict(self) -> dict:
+        """The bad records found so far and their counts (a resumed run neither rereads nor
+        recounts them)."""
+        return {"bad_samples": dict(self.bad_samples), "bad_records": sorted(self._bad)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.bad_samples = Counter(state["bad_samples"])
+        self._bad = set(state["bad_records"])
+
     def __getitem__(self, index: int) -> Sample:
         skipped: list[str] = []
         n = len(self.records)

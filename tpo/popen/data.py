@@ -148,6 +148,17 @@ class PopenData:
                 total.update(part.bad_samples)
         return total
 
+    def state_dict(self) -> dict:
+        """Every part's skip bookkeeping (see `TrainData.state_dict`)."""
+        parts = {"base": self.base, "textual": self.textual, "seg": self.seg}
+        return {k: None if v is None else v.state_dict() for k, v in parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        for key, part in (("base", self.base), ("textual", self.textual), ("seg", self.seg)):
+            if part is not None and state.get(key) is not None:
+                part.load_state_dict(state[key])
+
     def phase(self, step: int) -> str:
         """Curriculum phase of optimizer step `step`; an epoch is one pass over the seg set."""
         seen = step * self.grad_accum * max(1, self.dist.world_size) * self.pairs_per_step
@@ -197,7 +208,8 @@ def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
             seed=cfg.train.seed,
             dist=dist,
         )
-        textual.bad_samples.update(bad)
+        if dist.is_main:  # every rank reads the same file: count its skips once
+            textual.bad_samples.update(bad)
     if pc.segmentation is not None and pc.weight_s > 0:
         from tpo.popen.collect import load_segmentation_preferences, sample_id
 

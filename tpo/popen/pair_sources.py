@@ -70,6 +70,14 @@ class TextualSource:
         self.bad_samples: Counter = Counter()
         self._counted: set[int] = set()
 
+    def state_dict(self) -> dict:
+        """Skip counts and the preferences already counted as bad."""
+        return {"bad_samples": dict(self.bad_samples), "counted": sorted(self._counted)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.bad_samples, self._counted = Counter(state["bad_samples"]), set(state["counted"])
+
     def _frames(self, i: int, k: int) -> torch.Tensor | None:
         from tpo.data.video import VideoError, load_video
 
@@ -145,29 +153,40 @@ class SegSource:
 
         self.collator, self.img_size, self.seed, self.dist = collator, img_size, seed, dist
         self.records = records
-        self.bad_samples: Counter = Counter()
+        skipped: Counter = Counter()
         self.prefs, self.pairs = [], []
         for p in prefs:
             if p.id not in records:
-                self.bad_samples["popen_seg_no_record"] += 1
+                skipped["popen_seg_no_record"] += 1
                 continue
             pairs = {ph: preference_pairs(p.tiers, ph) for ph in PHASES}
             if not any(pairs.values()):
-                self.bad_samples["popen_seg_no_pairs"] += 1
+                skipped["popen_seg_no_pairs"] += 1
                 continue
             self.prefs.append(p)
             self.pairs.append(pairs)
         if not self.prefs:
             raise ValueError(
                 f"popen.segmentation: none of {len(prefs)} preference samples is usable "
-                f"({dict(self.bad_samples)}); were they collected from data.manifest's records?"
+                f"({dict(skipped)}); were they collected from data.manifest's records?"
             )
+        # every rank reads the same preferences: their skips count once
+        self.bad_samples: Counter = skipped if dist.is_main else Counter()
         # per phase, the samples that have pairs in it (a phase without any uses the other's)
         self.eligible = {ph: [i for i, p in enumerate(self.pairs) if p[ph]] for ph in PHASES}
         self._ok: dict[int, bool] = {}
 
     def __len__(self) -> int:
         return len(self.prefs)
+
+    def state_dict(self) -> dict:
+        """Skip counts and which samples were checked (and whether they were usable)."""
+        return {"bad_samples": dict(self.bad_samples), "ok": [[i, v] for i, v in self._ok.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.bad_samples = Counter(state["bad_samples"])
+        self._ok = {int(i): bool(v) for i, v in state["ok"]}
 
     def _usable(self, i: int) -> bool:
         """Whether sample i's clean input can be rebuilt (checked once; a pure function of i)."""

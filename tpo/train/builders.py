@@ -97,6 +97,14 @@ class TrainData:
         """Bad samples skipped so far (by reason)."""
         return self.dataset.bad_samples
 
+    def state_dict(self) -> dict:
+        """This rank's skip bookkeeping (the stream position is the engine's step)."""
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.dataset.load_state_dict(state)
+
     def iterate(self, start: int) -> Iterator[TrainBatch]:
         """Micro-batches from position `start` on."""
         k = start
@@ -170,7 +178,8 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
         seed=cfg.train.seed,
         strict=False,
     )
-    dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})
+    if dist.is_main:  # every rank loads the same records: count their skips once
+        dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})
     weights = sample_weights(records, manifest.weights())
     return TrainData(
         dataset, weights, text_collator(cfg), cfg.train.micro_batch, cfg.train.seed, dist

@@ -7,7 +7,8 @@ A checkpoint folder holds:
 - `config.yaml` (the resolved TPOConfig) and `deepspeed.json` (the filled DeepSpeed config);
 - `state.json`: stage, optimizer step, samples consumed, trained groups, base fingerprint,
   bad-sample counts;
-- `ds/`: DeepSpeed's own optimizer / scheduler state (for `--resume`), `rng_rank{r}.pt` per rank.
+- `ds/`: DeepSpeed's own optimizer / scheduler state (for `--resume`);
+- per rank, `rng_rank{r}.pt` (RNG states) and `data_rank{r}.json` (bad samples found and counted).
 """
 
 from __future__ import annotations
@@ -162,6 +163,16 @@ def load_rng(folder: Path, rank: int) -> None:
     set_rng_state(state)
 
 
+def save_data_state(folder: Path, rank: int, state: dict) -> None:
+    """Save this rank's data bookkeeping (`TrainData.state_dict`) beside the checkpoint."""
+    write_json(folder / f"data_rank{rank}.json", state)
+
+
+def load_data_state(folder: Path, rank: int) -> dict:
+    """This rank's data bookkeeping from a checkpoint."""
+    return json.loads((folder / f"data_rank{rank}.json").read_text())
+
+
 def finalize(tmp: Path, final: Path) -> None:
     """Move a fully written checkpoint folder into place, replacing an older one."""
     if final.exists():
@@ -176,10 +187,11 @@ def finalize(tmp: Path, final: Path) -> None:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete step checkpoint under `run_dir/checkpoints`, or None."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / STATE).is_file()]
-    done = [p for p in done if not p.name.endswith((".tmp", ".old"))]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    """The complete checkpoint of `run_dir` with the most steps (`checkpoints/step_*` or
+    `final`, which a finished run wrote last and a longer rerun continues), or None."""
+    root = Path(run_dir)
+    steps = root / "checkpoints"
+    found = [p for p in steps.iterdir() if p.name.startswith("step_")] if steps.is_dir() else []
+    found.append(root / "final")
+    done = [p for p in found if not p.name.endswith((".tmp", ".old")) and (p / STATE).is_file()]
+    return max(done, key=lambda p: json.loads((p / STATE).read_text())["step"], default=None)

@@ -41,6 +41,14 @@ class TrainData(Protocol):
         """Micro-batches of this rank from position `start` (micro-batches already consumed)."""
         ...
 
+    def state_dict(self) -> dict:
+        """This rank's bookkeeping a resumed run needs (bad samples found and counted), JSON."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        ...
+
 
 ModelBuilder = Callable[[TPOConfig, Stage], nn.Module]
 DataBuilder = Callable[[TPOConfig, Stage, DistInfo], TrainData]
@@ -86,10 +94,13 @@ class StageRunner:
             log.warning("--resume: no checkpoint under %s; starting from the beginning", self.out)
         if self.resume_from is not None:
             check_resume_world(self.resume_from, self.dist.world_size)
-        torch.manual_seed(cfg.train.seed + self.dist.rank)
-        self.model = self.model_builder(cfg, stage)
-        self.inherited: list[str] = []
         init = self.resume_from or resolve_init(cfg, stage)
+        if self.resume_from is None and self.dist.is_main:
+            clear_earlier_run(self.out, init)
+        barrier()
+        self.model = self.model_builder(cfg, stage)  # seeds its own init (model.init_seed)
+        torch.manual_seed(cfg.train.seed + self.dist.rank)  # dropout etc. differ per rank
+        self.inherited: list[str] = []
         if init is not None:
             state = ckpt_io.load_trained_weights(self.model, init)
             self.inherited = [
@@ -139,7 +150,7 @@ class StageRunner:
             model=self.model, optimizer=optim, lr_scheduler=sched, config=self.ds_config
         )
         self.dtype = torch.bfloat16 if t.bf16 else torch.float32
-        self.start_step, self.bad = 0, Counter()
+        self.start_step = 0
         if self.resume_from is not None:
             self.engine.load_checkpoint(
                 str(self.resume_from),
@@ -150,14 +161,14 @@ class StageRunner:
             )
             # the weights were loaded before `initialize` (whole, as ZeRO-3 needs them) and the
             # DeepSpeed checkpoint restored the trained ones with their optimizer state
-            state = ckpt_io.read_state(self.resume_from)
-            self.start_step = state["step"]
-            # the count is over all ranks: rank 0 carries it on, the others count afresh
-            self.bad = Counter(state.get("bad_samples", {}) if self.dist.is_main else {})
+            self.start_step = ckpt_io.read_state(self.resume_from)["step"]
             ckpt_io.load_rng(self.resume_from, self.dist.rank)
         self.data = self.data_builder(cfg, stage, self.dist)
-        self.logger = RunLogger(self.out, tensorboard=t.tensorboard, enabled=self.dist.is_main)
-        self.logger.truncate_after(self.start_step)
+        if self.resume_from is not None:
+            self.data.load_state_dict(ckpt_io.load_data_state(self.resume_from, self.dist.rank))
+        self.logger = RunLogger(
+            self.out, self.start_step, tensorboard=t.tensorboard, enabled=self.dist.is_main
+        )
 
     # ---- train -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> Path:
@@ -231,6 +242,7 @@ class StageRunner:
         groups = list(dict.fromkeys(self.inherited + self.groups))
         self.engine.save_checkpoint(str(tmp), tag="ds", exclude_frozen_parameters=True)
         ckpt_io.save_rng(tmp, self.dist.rank)
+        ckpt_io.save_data_state(tmp, self.dist.rank, self.data.state_dict())
         tensors = ckpt_io.trained_state(self.model, groups, keep=self.dist.is_main)
         bad = self._over_ranks({}, 0)[2]
         if self.dist.is_main:
@@ -260,7 +272,7 @@ class StageRunner:
     def _over_ranks(self, metrics: dict, n_samples: int) -> tuple[dict, int, Counter]:
         """Every rank's step metrics averaged (each over the ranks that report it), micro-batch
         samples summed, and the bad samples skipped so far counted over all ranks (collective)."""
-        parts = gather((metrics, n_samples, dict(self.bad + self.data.bad_samples)))
+        parts = gather((metrics, n_samples, dict(self.data.bad_samples)))
         mean = {}
         for key in dict.fromkeys(k for m, _, _ in parts for k in m):
             values = [m[key] for m, _, _ in parts if key in m]
@@ -293,6 +305,23 @@ def _loss_in_fixed_order(params: list, module: nn.Module, args: Any, out: dict) 
     if loss is None or not (torch.is_grad_enabled() and loss.requires_grad):
         return out
     return {**out, "loss": in_fixed_order(loss, params)}
+
+
+def clear_earlier_run(out: Path, init: Path | None) -> None:
+    """Before a fresh run in `out`: remove an earlier run's checkpoints and TensorBoard events,
+    which a later `--resume` would otherwise continue from (or mix into this run's curves)."""
+    old = [out / name for name in ("checkpoints", "final", "tb") if (out / name).exists()]
+    if not old:
+        return
+    if init is not None and any(Path(init).resolve().is_relative_to(p.resolve()) for p in old):
+        raise ValueError(
+            f"this run starts from {init}, inside train.output_dir={out}, whose earlier run a "
+            "fresh run clears: copy that checkpoint elsewhere, pick another output_dir, or "
+            "continue it with --resume"
+        )
+    log.warning("%s holds an earlier run: removing its %s", out, ", ".join(p.name for p in old))
+    for p in old:
+        shutil.rmtree(p)
 
 
 def check_resume_world(folder: Path, world_size: int) -> None:

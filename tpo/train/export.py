@@ -18,6 +18,7 @@ from tpo.config import TPOConfig, load_config, to_yaml
 from tpo.train.checkpoint import load_trained_weights
 
 MODEL_FILE = "model.safetensors"
+INFERENCE_FILES = {MODEL_FILE, "config.yaml"}
 
 
 def load_checkpoint_model(ckpt: str | Path):
@@ -61,6 +62,12 @@ def save_inference_folder(model: torch.nn.Module, cfg: TPOConfig, out: str | Pat
             state[k] = state[k].clone()
         seen[ptr] = k
     out = Path(out)
+    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= INFERENCE_FILES):
+        raise FileExistsError(
+            f"{out} exists and is not an inference folder (expected nothing but "
+            f"{sorted(INFERENCE_FILES)} inside it): an export replaces its --out folder, so "
+            "pick a new or empty one"
+        )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -91,7 +98,17 @@ def load_inference_model(
         )
     cfg = load_config(TPOConfig, [folder / "config.yaml"])
     model = build_train_model(cfg, get_stage(3))
-    missing, unexpected = model.load_state_dict(load_file(str(folder / MODEL_FILE)), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(
+            load_file(str(folder / MODEL_FILE)), strict=False
+        )
+    except RuntimeError as err:  # shapes that differ from the config's: torch lists them all
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ValueError(
+            f"{folder / MODEL_FILE} does not fit {folder / 'config.yaml'}: "
+            f"{'; '.join(lines[:2])}{more}"
+        ) from err
     missing = [k for k in missing if not k.startswith("criterion")]
     if missing or unexpected:
         raise ValueError(

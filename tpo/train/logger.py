@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 class RunLogger:
-    """Appends one JSON line per logged step; mirrors scalars to TensorBoard when asked."""
+    """Appends one JSON line per logged step; mirrors scalars to TensorBoard when asked.
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    A run that starts at `start_step` (a resumed one; 0 for a fresh one) first drops what an
+    earlier run logged after that step, in the JSONL and in TensorBoard.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        enabled: bool = True,
+    ):
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self.path = self.out_dir / "metrics.jsonl"
         self._tb = None
         if enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                keep = [r for r in read_metrics(self.path) if r["step"] <= start_step]
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+                tmp.replace(self.path)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out_dir / "tb"))
-
-    def truncate_after(self, step: int) -> None:
-        """Drop lines past `step` (a resumed run rewrites what the killed run logged after it)."""
-        if not (self.enabled and self.path.exists()):
-            return
-        keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        tmp.replace(self.path)
+                # TensorBoard then hides the events an earlier run wrote from this step on
+                self._tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Record the metrics of optimizer step `step`."""
@@ -61,8 +71,18 @@ def _plain(v: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl file."""
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """The rows of a metrics.jsonl file; a last line cut short (a run killed while writing it)
+    is left out with a warning, any other line that is not JSON is an error naming it."""
+    lines = [(n, ln) for n, ln in enumerate(Path(path).read_text().splitlines(), 1) if ln.strip()]
+    rows = []
+    for k, (n, ln) in enumerate(lines):
+        try:
+            rows.append(json.loads(ln))
+        except json.JSONDecodeError as err:
+            if k < len(lines) - 1:
+                raise ValueError(f"{path}:{n}: not a JSON metrics row ({err.msg})") from err
+            log.warning("%s:%d: leaving out a metrics row cut short: %r", path, n, ln[:80])
+    return rows
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path:

@@ -358,6 +358,12 @@ def test_data_resumes_exactly_follows_the_curriculum_and_counts_bad_records(env)
     assert bad["popen_textual_malformed"] == 1 and bad["popen_textual_no_edit"] == 1
     assert bad["popen_seg_no_record"] == 1 and bad["popen_seg_no_pairs"] == 1
     assert len(data.textual.prefs) == 3 and len(data.seg) == 3
+    # a resumed run restores every part's skip bookkeeping (saved per rank as JSON)
+    state = json.loads(json.dumps(data.state_dict()))
+    for part in (data.base.dataset, data.textual, data.seg):
+        part.bad_samples.clear()
+    data.load_state_dict(state)
+    assert data.bad_samples == bad and data.state_dict() == state
 
 
 def test_disabled_popen_changes_nothing(env):

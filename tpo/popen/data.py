@@ -139,25 +139,28 @@ class PopenData:
         self.base, self.textual, self.seg, self.curriculum = base, textual, seg, curriculum
         self.pairs_per_step, self.grad_accum, self.dist = pairs_per_step, grad_accum, dist
 
+    def _parts(self) -> dict:
+        """The streams this one draws from, by name (absent ones left out)."""
+        parts = {"base": self.base, "textual": self.textual, "seg": self.seg}
+        return {name: part for name, part in parts.items() if part is not None}
+
     @property
     def bad_samples(self) -> Counter:
         """Bad samples skipped so far (base data and preferences, by reason)."""
         total = Counter()
-        for part in (self.base, self.textual, self.seg):
-            if part is not None:
-                total.update(part.bad_samples)
+        for part in self._parts().values():
+            total.update(part.bad_samples)
         return total
 
     def state_dict(self) -> dict:
         """Every part's skip bookkeeping (see `TrainData.state_dict`)."""
-        parts = {"base": self.base, "textual": self.textual, "seg": self.seg}
-        return {k: None if v is None else v.state_dict() for k, v in parts.items()}
+        return {name: part.state_dict() for name, part in self._parts().items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
-        for key, part in (("base", self.base), ("textual", self.textual), ("seg", self.seg)):
-            if part is not None and state.get(key) is not None:
-                part.load_state_dict(state[key])
+        for name, part in self._parts().items():
+            if state.get(name) is not None:
+                part.load_state_dict(state[name])
 
     def phase(self, step: int) -> str:
         """Curriculum phase of optimizer step `step`; an epoch is one pass over the seg set."""

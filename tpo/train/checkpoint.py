@@ -194,4 +194,4 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = [p for p in steps.iterdir() if p.name.startswith("step_")] if steps.is_dir() else []
     found.append(root / "final")
     done = [p for p in found if not p.name.endswith((".tmp", ".old")) and (p / STATE).is_file()]
-    return max(done, key=lambda p: json.loads((p / STATE).read_text())["step"], default=None)
+    return max(done, key=lambda p: read_state(p)["step"], default=None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tpo.eval.cli import parse_option
+from tpo.eval.score_cli import parse_option
 
 TPO = Path(sys.executable).with_name("tpo")
 GT = [

@@ -237,13 +237,24 @@ def test_textual_pairs_and_synthetic_fallback(setup, tmp_path, monkeypatch):
 
 
 def test_cli_collects_both_sets(setup, tmp_path, monkeypatch, capsys):
-    from tpo.popen.cli import main
+    from tpo.cli import main
 
     model, _, records = setup
     ckpt = Path(records[0].video).parents[1] / "ckpt"
     monkeypatch.setattr("tpo.train.export.load_inference_model", lambda folder, device: model)
     out, text = tmp_path / "ps", tmp_path / "pt.jsonl"
-    argv = ["collect", "--checkpoint", str(ckpt), "--out", str(out), "--n", "2", "--limit", "1"]
+    argv = [
+        "popen",
+        "collect",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--n",
+        "2",
+        "--limit",
+        "1",
+    ]
     assert main([*argv, "--textual", str(text), "--max-new-tokens", "8"]) == 0
     prefs = load_segmentation_preferences(out)
     mask = [r for r in records if r.task == "mask"]
@@ -256,7 +267,7 @@ def test_cli_collects_both_sets(setup, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_perturbations_come_from_the_config_unless_flagged(setup, tmp_path, monkeypatch):
-    from tpo.popen.cli import main
+    from tpo.cli import main
     from tpo.popen.collect_cli import perturbation_settings
 
     model, _, records = setup
@@ -265,7 +276,7 @@ def test_cli_perturbations_come_from_the_config_unless_flagged(setup, tmp_path, 
     yaml = tmp_path / "popen.yaml"
     yaml.write_text("popen:\n  n: 3\n  n_rects: 1\n  noise_std: 0.5\n  seed: 7\n")
     out = tmp_path / "ps"
-    argv = ["collect", "--checkpoint", str(ckpt), "--out", str(out), "--limit", "1"]
+    argv = ["popen", "collect", "--checkpoint", str(ckpt), "--out", str(out), "--limit", "1"]
     assert main([*argv, "--config", str(yaml)]) == 0
     assert load_segmentation_preferences(out)[0].embeddings.shape[0] == 3  # popen.n of the YAML
     with pytest.raises(ValueError, match="collected with .*'n': 3"):  # the index has n=3

@@ -255,8 +255,8 @@ def test_evaluate_cli_writes_the_table(world, tmp_path, capsys):
     gIoU = the fraction of frames whose GT is empty and cIoU = 0."""
     from safetensors.torch import save_file
 
+    from tpo.cli import main
     from tpo.config import to_yaml
-    from tpo.popen.evaluate import main_evaluate
     from tpo.stages import get_stage
     from tpo.train.builders import build_train_model
 
@@ -275,7 +275,7 @@ def test_evaluate_cli_writes_the_table(world, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["--checkpoint", str(ckpt), "--annotations", str(ann), "--videos", str(world / "videos")]
     argv += ["--limit", "2", "--ensemble", "2", "--batch-size", "2", "--out", str(out)]
-    assert main_evaluate(argv) == 0
+    assert main(["popen", "evaluate", *argv]) == 0
     table = (out / "table.md").read_text()
     assert capsys.readouterr().out.endswith(table)
     rows = json.loads((out / "metrics.json").read_text())["rows"]
@@ -304,4 +304,4 @@ def test_evaluate_cli_writes_the_table(world, tmp_path, capsys):
         assert r["gIoU"] == pytest.approx(np.mean(empty), abs=1e-6)
         assert r["cIoU"] == 0.0
         assert f"{100 * r['gIoU']:.2f}" in table
-    assert main_evaluate(argv[:-2] + ["--ensemble", "0", "--out", str(out)]) == 2
+    assert main(["popen", "evaluate", *argv[:-2], "--ensemble", "0", "--out", str(out)]) == 2

@@ -159,12 +159,12 @@ def test_cli_diff_fills_indices_with_task_tokens(tmp_path, word_tokenizer, capsy
 
 
 def test_cli_diff_errors(tmp_path, word_tokenizer, capsys):
-    from tpo.popen.cli import main
+    from tpo.cli import main
 
     src = _write(tmp_path, [GOOD, {**GOOD, "y": 5}])
     out = tmp_path / "o.jsonl"
-    assert main(["diff", str(src), str(out), "--tokenizer", str(word_tokenizer)]) == 2
+    assert main(["popen", "diff", str(src), str(out), "--tokenizer", str(word_tokenizer)]) == 2
     assert "prefs.jsonl:2" in capsys.readouterr().err and not out.exists()
     good = _write(tmp_path, [GOOD], name="good.jsonl")
-    assert main(["diff", str(good), str(out), "--tokenizer", str(tmp_path / "none")]) == 2
+    assert main(["popen", "diff", str(good), str(out), "--tokenizer", str(tmp_path / "none")]) == 2
     assert "--tokenizer" in capsys.readouterr().err

@@ -120,10 +120,3 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"P_t: {sum(1 for _ in out.open())} preference pairs in {out}")
     return 0
-
-
-def main_collect(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv` (the arguments after `tpo popen collect`) and collect."""
-    parser = argparse.ArgumentParser(prog="tpo popen collect", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

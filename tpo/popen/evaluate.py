@@ -231,10 +231,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(table_markdown(rows), end="")
     return 0
-
-
-def main_evaluate(argv: list[str] | None = None) -> int:
-    """`tpo popen evaluate ARGS` (argv without the subcommand words)."""
-    parser = argparse.ArgumentParser(prog="tpo popen evaluate", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

@@ -1,25 +1,18 @@
-"""`tpo eval score BENCHMARK --gt PATH --pred PATH [--option k=v ...]` (+ other subcommands).
+"""`tpo eval score BENCHMARK --gt PATH --pred PATH [--option k=v ...]`.
 
-`score` prints one JSON object: the benchmark's metrics under the official key names.
-Subcommands other than `score` live in their own modules, listed in SUBCOMMANDS and used when
-the module exists (each defines `add_arguments(parser)` and `run(args) -> int`).
+Prints one JSON object: the benchmark's metrics under the official key names.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import inspect
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-# name -> (module, one-line help); modules are imported only when their subcommand runs.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("tpo.eval.run_cli", "run a model on a benchmark and score it"),
-}
+from tpo.eval.scorers import SCORERS, get_scorer
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -34,25 +27,17 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    return {k: v for k, v in SUBCOMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Subcommands of `tpo eval`."""
-    from tpo.eval.scorers import SCORERS
-
-    sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
-    score = sub.add_parser("score", help="score a prediction file against its ground truth")
-    score.add_argument(
+    """Arguments of `tpo eval score`."""
+    parser.add_argument(
         "benchmark",
         choices=sorted(SCORERS),
         metavar="BENCHMARK",
         help=f"one of: {', '.join(sorted(SCORERS))}",
     )
-    score.add_argument("--gt", required=True, type=Path, help="ground-truth file or folder")
-    score.add_argument("--pred", required=True, type=Path, help="prediction file")
-    score.add_argument(
+    parser.add_argument("--gt", required=True, type=Path, help="ground-truth file or folder")
+    parser.add_argument("--pred", required=True, type=Path, help="prediction file")
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -60,9 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="scorer option (repeatable), e.g. match_number=false",
     )
-    for name, (module, help_text) in _available().items():
-        cmd = sub.add_parser(name, help=help_text)
-        importlib.import_module(module).add_arguments(cmd)
 
 
 def _check_options(func: Any, options: dict[str, Any], benchmark: str) -> None:
@@ -77,10 +59,8 @@ def _check_options(func: Any, options: dict[str, Any], benchmark: str) -> None:
         raise ValueError(f"{benchmark}: unknown option(s) {unknown}; options: {have}")
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Score and print the metrics as one JSON object; bad input: message on stderr, exit 2."""
-    from tpo.eval.scorers import get_scorer
-
     try:
         scorer = get_scorer(args.benchmark)
     except (ImportError, AttributeError) as err:  # a registered scorer not written yet
@@ -95,11 +75,3 @@ def run_score(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(metrics))
     return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the chosen subcommand."""
-    if args.eval_command == "score":
-        return run_score(args)
-    module = importlib.import_module(_available()[args.eval_command][0])
-    return int(module.run(args) or 0)

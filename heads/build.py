@@ -44,4 +44,4 @@ def build_criterion(cfg: HeadsConfig) -> MultiTaskCriterion:
         from tpo.heads.mask import build_mask_criterion  # imports sam2
 
         criteria["mask"] = build_mask_criterion(cfg.mask)
-    return MultiTaskCriterion(criteria, weight=cfg.task_weights, lm_weight=cfg.lm_weight)
+    return MultiTaskCriterion(criteria, weight=cfg.task_weights)

@@ -17,7 +17,6 @@ class Stage:
     name: str
     trainable: tuple[str, ...]  # group names; every other parameter stays bit-identical
     lr_scale: dict[str, float] = field(default_factory=dict)  # group -> multiple of train.lr
-    manifest: str = ""  # default manifest (the stage YAML may override data.manifest)
     lm_weight: float = 1.0  # weight of the LM loss in the total
     head_losses: bool = True  # whether the head criteria contribute
     init_from: str | None = None  # default checkpoint to start from (the previous stage's)

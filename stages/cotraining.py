@@ -14,7 +14,6 @@ STAGE3 = Stage(
         "mask_head",
     ),
     optional_groups=("vision", "llm"),
-    manifest="data_manifests/toyworld_stage3.yaml",
     lm_weight=1.0,
     head_losses=True,
     init_from="stage2",

@@ -7,7 +7,6 @@ STAGE2 = Stage(
     name="head_training",
     trainable=("temporal_head", "region_head", "mask_head", "task_tokens", "connector_proj"),
     lr_scale={"temporal_head": 1.0, "region_head": 1.0, "mask_head": 1.0},
-    manifest="data_manifests/toyworld_stage2.yaml",
     lm_weight=0.0,
     head_losses=True,
     init_from="stage1",

@@ -6,7 +6,6 @@ STAGE1 = Stage(
     number=1,
     name="task_assignment",
     trainable=("lora", "task_tokens"),
-    manifest="data_manifests/toyworld_stage1.yaml",
     lm_weight=1.0,
     head_losses=False,
     init_from=None,

@@ -77,3 +77,28 @@ def test_free_dict_fields_take_new_keys_but_dataclasses_stay_strict(tmp_path):
     assert cfg.train.lr_groups == {"lora": 1e-4, "task_tokens": 0.1}
     with pytest.raises(ConfigError, match="train.lrx"):
         load_config(TPOConfig, [], ["train.lrx=1"])
+
+
+@pytest.mark.parametrize(
+    "yaml_text, key",
+    [
+        ("model:\n  heads:\n    lm_weight: 0.5\n", "model.heads.lm_weight"),
+        ("data:\n  eval_sampling: middle\n", "data.eval_sampling"),
+        ("model:\n  heads:\n    temporal:\n      nms_iou: 0.7\n", "model.heads.temporal.nms_iou"),
+        (
+            "model:\n  heads:\n    temporal:\n      feat_source: npz\n",
+            "model.heads.temporal.feat_source",
+        ),
+    ],
+)
+def test_deleted_settings_in_an_old_yaml_are_unknown_keys(tmp_path, yaml_text, key):
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=rf"old\.yaml: key '{key}'.*not in"):
+        load_config(TPOConfig, [old])
+
+
+def test_no_config_or_stage_declares_a_manifest_the_yaml_does_not_set():
+    from tpo.stages import STAGES
+
+    assert all(not hasattr(stage, "manifest") for stage in STAGES.values())

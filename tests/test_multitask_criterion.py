@@ -35,14 +35,13 @@ def _setup(task_weights=None, lm_weight=0.5):
         temporal=TEMPORAL,
         region=REGION,
         mask=None,
-        lm_weight=lm_weight,
         task_weights=task_weights or {"temporal": 0.05, "region": 2.0},
     )
     heads = build_heads(cfg, D_LLM, D_V)
     heads["mask"] = nn.Linear(3, 3)  # stand-in mask head: trainable parameters, never used
     crit = build_criterion(cfg)
     crit = MultiTaskCriterion(
-        crit.criteria | {"mask": StandInMaskCriterion()}, crit.weight, crit.lm_weight
+        crit.criteria | {"mask": StandInMaskCriterion()}, crit.weight, lm_weight
     )
     return heads, crit
 

@@ -281,9 +281,7 @@ SPATIAL = TemporalHeadConfig(
 )
 
 
-def test_spatial_needs_patches_and_vision_features():
-    with pytest.raises(ValueError, match="spatial needs temporal.feat_source 'vision'"):
-        TemporalHeadConfig(spatial=True, feat_source="npz")
+def test_spatial_needs_patches():
     head = TemporalHead(SPATIAL, D_LLM, D_FEAT)
     query, feats, ts, dur, mask, _ = _batch()
     with pytest.raises(ValueError, match=r"feats must be \[n, t, p, d\]"):

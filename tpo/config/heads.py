@@ -17,8 +17,7 @@ class TemporalHeadConfig:
     dropout: float = 0.1
     feat_fps: float = 1.0  # head features per second of video, independent of the LLM's frames
     max_feats: int = 75  # cap on the number of head feature frames
-    feat_source: str = "vision"  # "vision" (our encoder, cached) | "npz" (precomputed files)
-    feat_dim: int | None = None  # width of npz features (None: the vision width)
+    feat_dim: int | None = None  # width of the head's input features (None: the vision width)
     # spatial: keep every patch of each head frame ([t, p, d]); the <temp> query attention-pools
     # each frame's patches (so a small object counts) before the moment decoder (vision only)
     spatial: bool = False
@@ -31,7 +30,6 @@ class TemporalHeadConfig:
     saliency_rank: float = 4.0  # weight of the rank-contrastive saliency loss (0: off)
     saliency_tau: float = 0.5  # temperature of the rank-contrastive softmax
     aux_loss: bool = True
-    nms_iou: float | None = None  # None: no NMS in post-processing
     # windows_from: "queries" (the decoder's spans, official) or "frames": a per-frame foreground
     # classifier (BCE weight frame_fg) whose runs above 0.5 are the first windows, then the spans
     windows_from: str = "queries"
@@ -40,22 +38,12 @@ class TemporalHeadConfig:
     def __post_init__(self) -> None:
         if self.hidden % self.num_heads:
             raise ValueError(f"temporal.hidden {self.hidden} not a multiple of num_heads")
-        if self.feat_source not in ("vision", "npz"):
-            raise ValueError(
-                f"temporal.feat_source must be 'vision' or 'npz', not {self.feat_source!r}"
-            )
-        if self.spatial and self.feat_source != "vision":
-            raise ValueError(
-                "temporal.spatial needs temporal.feat_source 'vision' (npz are [t, d])"
-            )
         if self.windows_from not in ("queries", "frames"):
             raise ValueError(
                 f"temporal.windows_from must be 'queries' or 'frames', not {self.windows_from!r}"
             )
         if self.feat_fps <= 0 or self.max_feats < 1:
             raise ValueError("temporal.feat_fps must be > 0 and temporal.max_feats >= 1")
-        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
-            raise ValueError(f"temporal.nms_iou must lie in (0, 1] or be null, got {self.nms_iou}")
 
 
 @dataclass
@@ -119,7 +107,6 @@ class HeadsConfig:
     temporal: TemporalHeadConfig | None = field(default_factory=TemporalHeadConfig)
     region: RegionHeadConfig | None = field(default_factory=RegionHeadConfig)
     mask: MaskHeadConfig | None = field(default_factory=MaskHeadConfig)
-    lm_weight: float = 1.0  # weight of the LM loss in the multi-task total
     # per-head multiplier of its weighted loss sum (the official scales the temporal loss by 0.05)
     task_weights: dict[str, float] = field(
         default_factory=lambda: {"temporal": 1.0, "region": 1.0, "mask": 1.0}

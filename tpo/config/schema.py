@@ -28,15 +28,13 @@ class DataConfig:
     manifest: str = "data_manifests/toyworld_stage1.yaml"
     num_frames: int = 16  # frames the LLM sees (resized to model.vision.img_size)
     train_sampling: str = "rand"  # "rand" | "middle" (see tpo.data.video)
-    eval_sampling: str = "middle"
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("train_sampling", "eval_sampling"):
-            if getattr(self, key) not in ("rand", "middle"):
-                raise ValueError(
-                    f"data.{key} must be 'rand' or 'middle', got {getattr(self, key)!r}"
-                )
+        if self.train_sampling not in ("rand", "middle"):
+            raise ValueError(
+                f"data.train_sampling must be 'rand' or 'middle', got {self.train_sampling!r}"
+            )
 
 
 @dataclass

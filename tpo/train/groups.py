@@ -48,8 +48,13 @@ def optimizer_groups(
     lr_scale: dict[str, float] | None = None,
     lr_override: dict[str, float] | None = None,
 ) -> list[dict]:
-    """AdamW param groups: per trainable group an lr, and no decay for 1-d tensors (norms, biases)."""
+    """AdamW param groups: per trainable group an lr, and no decay for 1-d tensors (norms, biases).
+
+    `lr_override` (`train.lr_groups`) may name only groups this run trains (or an optional head
+    left out of the config); any other key, or an lr that is not a positive number, is an error.
+    """
     lr_scale, lr_override = lr_scale or {}, lr_override or {}
+    check_lr_groups(lr_override, chosen)
     groups = []
     for name, params in chosen.items():
         group_lr = lr_override.get(name, lr * lr_scale.get(name, 1.0))
@@ -61,6 +66,21 @@ def optimizer_groups(
     if not groups:
         raise ValueError("no trainable parameters: the stage's groups are all absent or empty")
     return groups
+
+
+def check_lr_groups(lr_groups: dict, trained: dict | list | tuple) -> None:
+    """Raise ValueError naming every `train.lr_groups` key that is not a trained group (nor an
+    optional head absent from this model) and the groups it could name, or a bad lr value."""
+    known = set(trained) | OPTIONAL_GROUPS
+    unknown = sorted(str(k) for k in lr_groups if k not in known)
+    if unknown:
+        raise ValueError(
+            f"train.lr_groups names group(s) {unknown} this stage does not train; it trains "
+            f"{sorted(trained)} (optional heads: {sorted(OPTIONAL_GROUPS)})"
+        )
+    for name, value in lr_groups.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"train.lr_groups.{name}: expected a positive lr, got {value!r}")
 
 
 def count(params: list[nn.Parameter] | tuple[torch.Tensor, ...]) -> int:

@@ -1,25 +1,29 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a minimum ratio of the peak."""
+"""Learning-rate schedule: linear warmup, then cosine decay to a minimum ratio of the peak.
+
+transformers' `get_cosine_with_min_lr_schedule_with_warmup`, with the warmup given as a ratio of
+the run (`train.warmup_ratio`) and the floor as a ratio of each group's peak (`train.min_lr_ratio`).
+"""
 
 from __future__ import annotations
 
-import math
-
 import torch
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
-def cosine_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def warmup_steps(total: int, warmup_ratio: float) -> int:
+    """Optimizer steps of linear warmup: `warmup_ratio` of `total`, rounded."""
+    return int(round(warmup_ratio * total))
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, min_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR applying `cosine_factor` to every param group's own peak lr."""
-    warmup = int(round(warmup_ratio * total))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_factor(step, total, warmup, min_ratio)
+    """A LambdaLR over every param group's own peak lr: at optimizer step s (0-based), with
+    w warmup steps, the factor is s / w during warmup, then
+    min_ratio + (1 - min_ratio) * (1 + cos(pi * (s - w) / (total - w))) / 2."""
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=warmup_steps(total, warmup_ratio),
+        num_training_steps=total,
+        min_lr_rate=min_ratio,
     )

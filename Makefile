@@ -92,9 +92,17 @@ demo: data
 test: $(STAMP)
 	$(PY) -m pytest
 
+# import-linter reads packages from the file tree, and heads/ and stages/ install as tpo.heads
+# and tpo.stages (setup.cfg package_dir): it reads a tree of links with the installed layout.
+LINT_TREE := $(BUILD)/lint-imports
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/tpo
+	for f in $(CURDIR)/tpo/*; do ln -s $$f $(LINT_TREE)/tpo/; done
+	ln -s $(CURDIR)/heads $(LINT_TREE)/tpo/heads && ln -s $(CURDIR)/stages $(LINT_TREE)/tpo/stages
+	cd $(LINT_TREE) && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -14,7 +14,8 @@ from tpo.config import TPOConfig, load_config
 from tpo.model.build import build_mllm
 
 ROOT = Path(__file__).resolve().parents[1]
-# millions of parameters, from the official checkpoint (reference-facts.md)
+# millions of parameters of the official VideoChat-TPO checkpoint (OpenGVLab/TPO, commit ed733bd),
+# counted from its weight index
 OFFICIAL = {
     "LLM (Mistral-7B, 32007 rows)": 7241.8,
     "LoRA r16 (q k v o gate up down lm_head)": 42.5,

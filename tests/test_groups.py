@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -28,16 +30,20 @@ def test_lr_groups_set_the_lr_of_their_group_and_decay_skips_1d_tensors():
     torch.optim.AdamW(groups)  # a valid optimizer spec
 
 
-def test_unknown_lr_group_is_an_error_naming_it_and_the_trained_groups():
+def test_unknown_lr_group_is_an_error_naming_it_and_the_known_groups(caplog):
     chosen = select_trainable(TwoGroups(), ["a"])
     with pytest.raises(
-        ValueError, match=r"\['lora'\] this stage does not train; it trains \['a'\]"
+        ValueError, match=r"unknown group\(s\) \['lora_'\]; this run trains \['a'\]"
     ):
-        optimizer_groups(chosen, 1e-3, 0.0, lr_override={"lora": 1e-4})
-    with pytest.raises(ValueError, match=r"\['b'\]"):  # declared, but not trained here
-        optimizer_groups(chosen, 1e-3, 0.0, lr_override={"b": 1e-4})
-    # an optional head the config left out may keep its lr in a shared YAML
-    assert optimizer_groups(chosen, 1e-3, 0.0, lr_override={"mask_head": 1e-4})
+        optimizer_groups(chosen, 1e-3, 0.0, lr_override={"lora_": 1e-4})
+    with pytest.raises(ValueError, match=r"the stages declare \[.*'connector_proj'.*'lora'"):
+        optimizer_groups(chosen, 1e-3, 0.0, lr_override={"lora_": 1e-4})
+    # a group some stage trains (an optional group switched off here, a head left out of the
+    # config) keeps its lr in a shared YAML: logged, no effect on this run's groups
+    with caplog.at_level(logging.INFO, logger="tpo.train.groups"):
+        groups = optimizer_groups(chosen, 1e-3, 0.0, lr_override={"llm": 1e-4, "mask_head": 1.0})
+    assert {g["name"]: g["lr"] for g in groups} == {"a": 1e-3}
+    assert "['llm', 'mask_head']: not trained in this run" in caplog.text
     with pytest.raises(ValueError, match=r"train.lr_groups.a: expected a positive lr, got 'x'"):
         optimizer_groups(chosen, 1e-3, 0.0, lr_override={"a": "x"})
     with pytest.raises(ValueError, match="positive lr, got 0"):

@@ -275,7 +275,7 @@ def _save_init(model, folder: Path) -> dict:
 def test_engine_run_trains_the_stage_groups_and_the_preference_losses_fall(env):
     from safetensors.torch import load_file
 
-    from tpo.train.cli import builders_for
+    from tpo.popen.train_cli import builders_for
     from tpo.train.engine import StageRunner
     from tpo.train.logger import read_metrics
 
@@ -369,8 +369,8 @@ def test_data_resumes_exactly_follows_the_curriculum_and_counts_bad_records(env)
 def test_disabled_popen_changes_nothing(env):
     from tpo.popen.data import build_popen_data
     from tpo.popen.objective import build_popen_model
+    from tpo.popen.train_cli import builders_for
     from tpo.train.builders import build_train_data, build_train_model
-    from tpo.train.cli import builders_for
 
     assert TPOConfig().popen.enabled is False
     for n in (1, 2, 3):

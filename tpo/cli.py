@@ -34,7 +34,7 @@ COMMANDS: dict[str, Command | Group] = {
     "toyworld": Command(
         "tpo.data.toyworld_cli", "write the toy video world (videos + annotations)"
     ),
-    "train": Command("tpo.train.cli", "run one training stage through DeepSpeed"),
+    "train": Command("tpo.popen.train_cli", "run one training stage through DeepSpeed"),
     "export": Command("tpo.train.export_cli", "write an inference folder from a checkpoint"),
     "ask": Command("tpo.infer.cli", "ask a grounded question about a video"),
     "eval": Group(

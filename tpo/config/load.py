@@ -6,6 +6,7 @@ Every error names the file and the dotted key that is wrong and what was expecte
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,10 +33,12 @@ def _read_yaml(path: Path) -> DictConfig:
     bases = node.pop("base", None)
     if bases is None:
         return node
-    merged = OmegaConf.create({})
+    merged: DictConfig | ListConfig = OmegaConf.create({})
     for base in [bases] if isinstance(bases, str) else list(bases):
         merged = OmegaConf.merge(merged, _read_yaml((path.parent / str(base)).resolve()))
-    return OmegaConf.merge(merged, node)
+    out = OmegaConf.merge(merged, node)
+    assert isinstance(out, DictConfig)  # a merge of mappings is a mapping
+    return out
 
 
 def _describe(err: OmegaConfBaseException) -> str:
@@ -80,7 +83,9 @@ def merge_into(schema: type[T], sources: list[tuple[str, Any]]) -> T:
 
 
 def load_config(
-    schema: type[T], paths: list[str | Path] | str | Path | None = None, overrides: list[str] = ()
+    schema: type[T],
+    paths: Sequence[str | Path] | str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> T:
     """Build `schema` from YAML files (later ones win) and `key=value` overrides.
 

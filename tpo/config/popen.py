@@ -1,4 +1,4 @@
-"""Config schema of the optional POPEN preference objective (see design/popen.md).
+"""Config schema of the optional POPEN preference objective (see docs/popen.md).
 
 Switched on with `popen.enabled: true` on top of a stage config: the stage's own objective
 (weighted by `base_weight`) gets a textual DPO loss L_t on the edited tokens and a segmentation

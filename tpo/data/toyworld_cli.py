@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from tpo.data.toyworld import format_summary, generate_toyworld, summarize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate (then summarize) or only summarize; returns the exit status."""
-    from tpo.data.toyworld import format_summary, generate_toyworld, summarize
 
     if args.summary:
         try:

@@ -13,6 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from tpo.eval.runner_io import metrics_markdown
+from tpo.eval.runners import ModelPredictor, run_benchmark
+from tpo.eval.suite import run_toyworld_suite
+
 RUNNERS = ("qvhighlights", "charades_sta", "refcoco", "mevis", "nextgqa", "mvbench")
 SUITE = "toyworld"
 
@@ -54,9 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark (or the toy-world suite); errors on stderr, exit 2."""
-    from tpo.eval.runner_io import metrics_markdown
-    from tpo.eval.runners import ModelPredictor, run_benchmark
-    from tpo.eval.suite import run_toyworld_suite
 
     prog = f"tpo eval run {args.benchmark}"
     out = args.out or Path("outputs/eval") / args.benchmark

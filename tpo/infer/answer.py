@@ -48,7 +48,8 @@ class BoxPrediction:
     def __post_init__(self) -> None:
         if len(self.box) != 4:
             raise ValueError(f"BoxPrediction.box: expected 4 numbers xyxy, got {self.box!r}")
-        self.box = tuple(float(v) for v in self.box)
+        x1, y1, x2, y2 = (float(v) for v in self.box)
+        self.box = (x1, y1, x2, y2)
 
     def to_json(self) -> dict[str, Any]:
         """{'box': [x1, y1, x2, y2], 'frame_index', 'time'}."""

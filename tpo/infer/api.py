@@ -122,8 +122,8 @@ class TPOPipeline:
                 raise VideoError(f"{path}: no such video or image file", "missing")
         src = open_source(video)
         clip = load_video(src, num_frames or self.num_frames, img_size=self.img_size)
-        path = str(video) if isinstance(video, str | Path) and Path(video).is_file() else None
-        return VideoInput(src, np.asarray(clip.indices), clip.frames, clip.orig_size, path)
+        file = str(video) if isinstance(video, str | Path) and Path(video).is_file() else None
+        return VideoInput(src, np.asarray(clip.indices), clip.frames, clip.orig_size, file)
 
     def ask(
         self,

@@ -7,6 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from tpo.data.video import VideoError
+from tpo.infer.api import _check_question, load
+from tpo.infer.visualize import contact_sheet, overlay_video, plot_timeline
+
 DEFAULT_CHECKPOINT = "outputs/stage3/final"
 
 
@@ -59,7 +63,6 @@ def format_answer(ans) -> str:
 
 def write_pictures(pipe, video, ans, out: Path) -> list[Path]:
     """timeline.png, frames.png (sampled frames with box/masks) and overlay.mp4 (with masks)."""
-    from tpo.infer.visualize import contact_sheet, overlay_video, plot_timeline
 
     out.mkdir(parents=True, exist_ok=True)
     written = [plot_timeline(ans, out / "timeline.png")]
@@ -95,8 +98,6 @@ def write_pictures(pipe, video, ans, out: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, answer, print; exit 2 with a message on bad input."""
-    from tpo.data.video import VideoError
-    from tpo.infer.api import _check_question, load
 
     try:
         _check_question(args.question)

@@ -18,6 +18,22 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tpo.config import TPOConfig, load_config
+from tpo.data.dataset import VideoTaskDataset
+from tpo.data.manifest import load_manifest, load_records
+from tpo.data.records import AnnotationError
+from tpo.data.video import VideoError
+from tpo.eval.runner_io import JsonlLog
+from tpo.model.build import build_collator
+from tpo.popen.collect import (
+    INDEX_FILE,
+    collect_segmentation,
+    collect_textual,
+    is_text_answer,
+    sample_id,
+)
+from tpo.train.export import load_inference_model
+
 log = logging.getLogger(__name__)
 
 
@@ -49,9 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _samples(records: Sequence, num_frames: int, img_size: int) -> Iterator:
     """Samples of `records` ('middle' sampling); unreadable ones are logged and skipped."""
-    from tpo.data.dataset import VideoTaskDataset
-    from tpo.data.records import AnnotationError
-    from tpo.data.video import VideoError
 
     if not records:
         return
@@ -73,18 +86,6 @@ def perturbation_settings(args: argparse.Namespace, popen) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Collect P_s (and P_t with --textual); print where they went."""
-    from tpo.config import TPOConfig, load_config
-    from tpo.data.manifest import load_manifest, load_records
-    from tpo.eval.runner_io import JsonlLog
-    from tpo.model.build import build_collator
-    from tpo.popen.collect import (
-        INDEX_FILE,
-        collect_segmentation,
-        collect_textual,
-        is_text_answer,
-        sample_id,
-    )
-    from tpo.train.export import load_inference_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.checkpoint / "config.yaml").is_file():

@@ -1,5 +1,5 @@
 """POPEN's preference losses, model-independent: per-token log-probs, the textual DPO loss L_t
-and the segmentation-embedding preference loss L_s (see /work/shared/design/popen.md).
+and the segmentation-embedding preference loss L_s (see docs/popen.md).
 
 L_t is DPO restricted to the edited tokens: the caller sums `token_logps` over the edited
 positions (`masked_logp_sum`) for the policy and the reference, then calls `dpo_loss` with the
@@ -120,7 +120,7 @@ def segmentation_preference_loss(
 ) -> Tensor:
     """L_s `[n]` = -log sigmoid(beta * (s(h, h_w) - s(h, h_l))) for the current segmentation
     embeddings `h [n, d]` and the embeddings `h_w, h_l [n, d]` that produced the preferred and
-    the dispreferred mask. s: "l2" = negative squared L2 distance (the popen.md default; with
+    the dispreferred mask. s: "l2" = negative squared L2 distance (the docs/popen.md default; with
     `scale_by_dim` divided by d, which keeps beta * s on one scale across widths), or
     "cosine". Computed in float32; h_w and h_l are targets (pass them detached)."""
     if similarity not in SIMILARITIES:

@@ -10,21 +10,23 @@ total = base_weight * (the stage's TPOModel loss) + weight_t * L_t + weight_s * 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from tpo.config.popen import PopenConfig
+from tpo.config.schema import TPOConfig
 from tpo.model.mllm import HEADS
 from tpo.model.sharding import zero_through_all
 from tpo.model.tpo_model import TPOModel
+from tpo.popen.data import PopenBatch
+from tpo.popen.losses import dpo_loss, masked_logp_sum, segmentation_preference_loss, token_logps
+from tpo.popen.pairs import SegPairs, TextualPairs
 from tpo.popen.reference import ReferencePolicy
-
-if TYPE_CHECKING:
-    from tpo.config.schema import TPOConfig
-    from tpo.popen.data import PopenBatch, SegPairs, TextualPairs
-    from tpo.stages.base import Stage
+from tpo.stages.base import Stage
+from tpo.train.builders import build_train_model
+from tpo.train.checkpoint import load_trained_weights
+from tpo.train.engine import resolve_init
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ class PopenObjective(nn.Module):
     def edited_logps(self, pairs: TextualPairs) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probs on the edited tokens of each row `[2m]` (chosen rows, then
         rejected): (policy, with gradient; reference, without)."""
-        from tpo.popen.losses import masked_logp_sum, token_logps
 
         mllm = self.tpo.mllm
         if not self.reference.captured:
@@ -77,7 +78,6 @@ class PopenObjective(nn.Module):
 
     def textual_loss(self, groups: list[TextualPairs]) -> dict[str, torch.Tensor]:
         """L_t (mean over the pairs of all groups) and the implicit rewards of chosen / rejected."""
-        from tpo.popen.losses import dpo_loss
 
         halves: list[list[torch.Tensor]] = [[], [], [], []]
         for pairs in groups:
@@ -119,7 +119,6 @@ class PopenObjective(nn.Module):
 
     def segmentation_loss(self, groups: list[SegPairs]) -> dict[str, torch.Tensor]:
         """L_s (mean over the pairs of all groups)."""
-        from tpo.popen.losses import segmentation_preference_loss
 
         h = torch.cat([self.tracking_hidden(seg)[seg.rows] for seg in groups]).float()
         h_w = torch.cat([seg.h_w for seg in groups]).float()
@@ -173,10 +172,6 @@ def build_popen_model(cfg: TPOConfig, stage: Stage) -> PopenObjective:
     final), i.e. the model at the start of the preference phase; a resumed run rebuilds the
     same reference, since the engine loads the resume checkpoint only after this builder.
     """
-    from tpo.train.builders import build_train_model
-    from tpo.train.checkpoint import load_trained_weights
-    from tpo.train.engine import resolve_init
-
     pc = cfg.popen
     model = build_train_model(cfg, stage)
     objective = PopenObjective(model, ReferencePolicy(pc.reference), pc)

@@ -11,19 +11,20 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from tpo.data.loader_utils import numbered_lines
+from tpo.data.records import Record
+from tpo.data.video import VideoError, load_video
 from tpo.model.prompt import IGNORE_INDEX, PromptCollator, Turn
-from tpo.popen.data import SegPairs, TextualPairs
+from tpo.popen.collect import clean_batch
+from tpo.popen.curriculum import PHASES, preference_pairs
+from tpo.popen.pairs import SegPairs, TextualPairs
+from tpo.popen.seg_store import SegPreference
+from tpo.popen.textual import TextualPreference, fill_edit_indices, parse_line
 from tpo.train.distributed import DistInfo
-
-if TYPE_CHECKING:
-    from tpo.data.records import Record
-    from tpo.popen.seg_store import SegPreference
-    from tpo.popen.textual import TextualPreference
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ class TextualSource:
         self.bad_samples, self._counted = Counter(state["bad_samples"]), set(state["counted"])
 
     def _frames(self, i: int, k: int) -> torch.Tensor | None:
-        from tpo.data.video import VideoError, load_video
 
         p = self.prefs[i]
         rng = np.random.default_rng([self.seed, k, i])
@@ -149,7 +149,6 @@ class SegSource:
         seed: int,
         dist: DistInfo,
     ) -> None:
-        from tpo.popen.curriculum import PHASES, preference_pairs
 
         self.collator, self.img_size, self.seed, self.dist = collator, img_size, seed, dist
         self.records = records
@@ -190,7 +189,6 @@ class SegSource:
 
     def _usable(self, i: int) -> bool:
         """Whether sample i's clean input can be rebuilt (checked once; a pure function of i)."""
-        from tpo.popen.collect import clean_batch
 
         if i not in self._ok:
             try:
@@ -205,7 +203,6 @@ class SegSource:
 
     def draw(self, k: int, n: int, phase: str) -> list[SegPairs]:
         """n (sample, winner, loser) pairs for micro-batch k in curriculum `phase`."""
-        from tpo.popen.collect import clean_batch
 
         if not self.eligible[phase]:
             phase = "fine" if phase == "coarse" else "coarse"
@@ -249,8 +246,6 @@ def load_textual(
 ) -> tuple[list[TextualPreference], Counter]:
     """Textual preferences of a jsonl with their edit indices filled; bad lines are skipped
     and counted (reason -> count), each logged with its file:line."""
-    from tpo.data.loader_utils import numbered_lines
-    from tpo.popen.textual import fill_edit_indices, parse_line
 
     path = Path(path)
     if not path.is_file():

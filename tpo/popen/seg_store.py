@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
+from tpo.data.dataset import VideoTaskDataset
 from tpo.data.records import Record
 from tpo.model.prompt import PromptCollator
 from tpo.model.tpo_model import TrainBatch
+from tpo.train.builders import collate
 
 INDEX_FILE = "index.jsonl"
 FORMAT = "tpo-popen-seg-1"
@@ -99,7 +102,6 @@ def _need(tensors: dict, key: str, shape: tuple, file: Path) -> torch.Tensor:
 
 
 def _load_one(file: Path, entry_id: str) -> SegPreference:
-    from safetensors import SafetensorError, safe_open
 
     if not file.is_file():
         raise FileNotFoundError(
@@ -160,8 +162,6 @@ def clean_batch(
     f = len(frame_indices)); a ValueError names the preference file when the record is missing or
     the frames differ from the stored `frame_indices`.
     """
-    from tpo.data.dataset import VideoTaskDataset
-    from tpo.train.builders import collate
 
     if not prefs:
         raise ValueError("clean_batch: no preferences")

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpo.data.loader_utils import numbered_lines
+from tpo.eval.runner_io import write_text_atomic
+
 KNOWN_KEYS = ("video", "image", "instruction", "y", "y_c", "L_y", "L_yc")
 
 
@@ -104,7 +107,6 @@ def parse_line(line: str, where: str) -> TextualPreference:
 def load_textual_preferences(path: str | Path) -> list[TextualPreference]:
     """Read a jsonl of textual preferences (blank lines skipped). Bad input raises ValueError
     naming file:line and the key; a missing file raises FileNotFoundError."""
-    from tpo.data.loader_utils import numbered_lines
 
     path = Path(path)
     if not path.is_file():
@@ -114,7 +116,6 @@ def load_textual_preferences(path: str | Path) -> list[TextualPreference]:
 
 def write_textual_preferences(prefs: Sequence[TextualPreference], path: str | Path) -> Path:
     """Write `prefs` as jsonl, atomically (temp file + os.replace)."""
-    from tpo.eval.runner_io import write_text_atomic
 
     text = "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in prefs)
     return write_text_atomic(path, text)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tpo.train.export import export
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `tpo export`."""
@@ -16,7 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print where."""
-    from tpo.train.export import export
 
     print(f"exported: {export(args.checkpoint, args.out, args.merge_lora)}")
     return 0

@@ -7,6 +7,8 @@ import logging
 import torch
 from torch import nn
 
+from tpo.stages import STAGES
+
 log = logging.getLogger(__name__)
 
 # Groups a stage may name that a model can lack (a head left out of the config).
@@ -50,8 +52,7 @@ def optimizer_groups(
 ) -> list[dict]:
     """AdamW param groups: per trainable group an lr, and no decay for 1-d tensors (norms, biases).
 
-    `lr_override` (`train.lr_groups`) may name only groups this run trains (or an optional head
-    left out of the config); any other key, or an lr that is not a positive number, is an error.
+    `lr_override` (`train.lr_groups`) is checked by `check_lr_groups`.
     """
     lr_scale, lr_override = lr_scale or {}, lr_override or {}
     check_lr_groups(lr_override, chosen)
@@ -68,19 +69,28 @@ def optimizer_groups(
     return groups
 
 
+def stage_groups() -> set[str]:
+    """Every group a stage trains or may train (`Stage.trainable`, `Stage.optional_groups`)."""
+    return {g for st in STAGES.values() for g in (*st.trainable, *st.optional_groups)}
+
+
 def check_lr_groups(lr_groups: dict, trained: dict | list | tuple) -> None:
-    """Raise ValueError naming every `train.lr_groups` key that is not a trained group (nor an
-    optional head absent from this model) and the groups it could name, or a bad lr value."""
-    known = set(trained) | OPTIONAL_GROUPS
+    """Check `train.lr_groups` against the groups: a key no stage declares (a typo) or an lr that
+    is not a positive number is a ValueError naming it; a key naming a group this run does not
+    train (an optional group left off, a head not configured) is logged and has no effect."""
+    known = stage_groups() | OPTIONAL_GROUPS | set(trained)
     unknown = sorted(str(k) for k in lr_groups if k not in known)
     if unknown:
         raise ValueError(
-            f"train.lr_groups names group(s) {unknown} this stage does not train; it trains "
-            f"{sorted(trained)} (optional heads: {sorted(OPTIONAL_GROUPS)})"
+            f"train.lr_groups: unknown group(s) {unknown}; this run trains {sorted(trained)}, "
+            f"the stages declare {sorted(known)}"
         )
     for name, value in lr_groups.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise ValueError(f"train.lr_groups.{name}: expected a positive lr, got {value!r}")
+    idle = sorted(k for k in lr_groups if k not in trained)
+    if idle:
+        log.info("train.lr_groups %s: not trained in this run, no effect", idle)
 
 
 def count(params: list[nn.Parameter] | tuple[torch.Tensor, ...]) -> int:

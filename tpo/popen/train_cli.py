@@ -1,15 +1,23 @@
-"""`tpo train --stage N [--config FILE] [--resume] [key=value ...]`."""
+"""`tpo train --stage N [--config FILE] [--resume] [key=value ...]`: one training stage.
+
+The stage runs through the one engine (tpo.train.engine) with the stage's builders, or with
+POPEN's (its preference losses added) when the config has `popen.enabled`. The command lives in
+tpo.popen, the layer above tpo.train, because choosing between the two needs both.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tpo.config.schema import TPOConfig
-    from tpo.train.engine import DataBuilder, ModelBuilder
+from tpo.config import TPOConfig, load_config
+from tpo.popen.data import build_popen_data
+from tpo.popen.objective import build_popen_model
+from tpo.stages import get_stage
+from tpo.train.builders import build_train_data, build_train_model
+from tpo.train.distributed import shutdown
+from tpo.train.engine import DataBuilder, ModelBuilder, StageRunner
 
 
 def default_config(stage: int) -> Path:
@@ -32,22 +40,12 @@ def builders_for(cfg: TPOConfig) -> tuple[ModelBuilder, DataBuilder]:
     """(model builder, data builder) of a run: the stage's own, or with POPEN's preference
     losses added when `popen.enabled`."""
     if cfg.popen.enabled:
-        from tpo.popen.data import build_popen_data
-        from tpo.popen.objective import build_popen_model
-
         return build_popen_model, build_popen_data
-    from tpo.train.builders import build_train_data, build_train_model
-
     return build_train_model, build_train_data
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, then run the stage through the engine."""
-    from tpo.config import TPOConfig, load_config
-    from tpo.stages import get_stage
-    from tpo.train.distributed import shutdown
-    from tpo.train.engine import StageRunner
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path = Path(args.config) if args.config else default_config(args.stage)
     cfg = load_config(TPOConfig, [path], [f"train.stage={args.stage}", *args.overrides])

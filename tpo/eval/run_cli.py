@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from tpo.eval.runner_io import metrics_markdown
-from tpo.eval.runners import ModelPredictor, run_benchmark
+from tpo.eval.runners import BENCHMARKS, ModelPredictor, run_benchmark
 from tpo.eval.suite import run_toyworld_suite
 
-RUNNERS = ("qvhighlights", "charades_sta", "refcoco", "mevis", "nextgqa", "mvbench")
+RUNNERS = tuple(BENCHMARKS)  # the runners of tpo.eval.runners
 SUITE = "toyworld"
 
 

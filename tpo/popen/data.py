@@ -19,6 +19,7 @@ import torch
 from tpo.config.schema import TPOConfig
 from tpo.data.manifest import load_manifest, load_records
 from tpo.model.tpo_model import TrainBatch
+from tpo.popen.collect import load_segmentation_preferences, sample_id
 from tpo.popen.curriculum import Curriculum
 from tpo.popen.pair_sources import SegSource, TextualSource, load_textual
 from tpo.popen.pairs import SegPairs, TextualPairs
@@ -145,8 +146,6 @@ def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
         if dist.is_main:  # every rank reads the same file: count its skips once
             textual.bad_samples.update(bad)
     if pc.segmentation is not None and pc.weight_s > 0:
-        from tpo.popen.collect import load_segmentation_preferences, sample_id
-
         records, _ = load_records(load_manifest(cfg.data.manifest), strict=False)
         seg = SegSource(
             load_segmentation_preferences(pc.segmentation),

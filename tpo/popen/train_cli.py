@@ -14,7 +14,7 @@ from pathlib import Path
 from tpo.config import TPOConfig, load_config
 from tpo.popen.data import build_popen_data
 from tpo.popen.objective import build_popen_model
-from tpo.stages import get_stage
+from tpo.stages import STAGES, get_stage
 from tpo.train.builders import build_train_data, build_train_model
 from tpo.train.distributed import shutdown
 from tpo.train.engine import DataBuilder, ModelBuilder, StageRunner
@@ -27,7 +27,7 @@ def default_config(stage: int) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `tpo train`."""
-    parser.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
+    parser.add_argument("--stage", type=int, required=True, choices=tuple(STAGES))
     parser.add_argument(
         "--config", default=None, help="stage YAML (default configs/tiny/stageN.yaml)"
     )

@@ -101,7 +101,7 @@ lint: $(STAMP)
 	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/tpo
 	for f in $(CURDIR)/tpo/*; do ln -s $$f $(LINT_TREE)/tpo/; done
 	ln -s $(CURDIR)/heads $(LINT_TREE)/tpo/heads && ln -s $(CURDIR)/stages $(LINT_TREE)/tpo/stages
-	cd $(LINT_TREE) && $(CURDIR)/$(VENV)/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
+	cd $(LINT_TREE) && $(abspath $(VENV))/bin/lint-imports --no-cache $(CURDIR)/pyproject.toml
 	$(VENV)/bin/mypy
 
 format: $(STAMP)

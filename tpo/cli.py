@@ -98,7 +98,9 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     """The parser tree; only the leaf that `argv` selects gets its arguments (its module is
     imported), the others carry their names and help lines only."""
-    parser = argparse.ArgumentParser(prog="tpo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tpo", description="Train, ask and evaluate a grounded multi-task video MLLM."
+    )
     _add_group(parser, COMMANDS if commands is None else commands, list(argv), "")
     return parser
 

@@ -241,7 +241,7 @@ def test_cli_collects_both_sets(setup, tmp_path, monkeypatch, capsys):
 
     model, _, records = setup
     ckpt = Path(records[0].video).parents[1] / "ckpt"
-    monkeypatch.setattr("tpo.train.export.load_inference_model", lambda folder, device: model)
+    monkeypatch.setattr("tpo.infer.load.load_inference_model", lambda folder, device: model)
     out, text = tmp_path / "ps", tmp_path / "pt.jsonl"
     argv = ["collect", "--checkpoint", str(ckpt), "--out", str(out), "--n", "2", "--limit", "1"]
     assert main([*argv, "--textual", str(text), "--max-new-tokens", "8"]) == 0
@@ -261,7 +261,7 @@ def test_cli_perturbations_come_from_the_config_unless_flagged(setup, tmp_path, 
 
     model, _, records = setup
     ckpt = Path(records[0].video).parents[1] / "ckpt"
-    monkeypatch.setattr("tpo.train.export.load_inference_model", lambda folder, device: model)
+    monkeypatch.setattr("tpo.infer.load.load_inference_model", lambda folder, device: model)
     yaml = tmp_path / "popen.yaml"
     yaml.write_text("popen:\n  n: 3\n  n_rects: 1\n  noise_std: 0.5\n  seed: 7\n")
     out = tmp_path / "ps"

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark (or the toy-world suite); errors on stderr, exit 2."""
     from tpo.eval.runner_io import metrics_markdown
-    from tpo.eval.runners import ModelPredictor, run_benchmark
+    from tpo.eval.runners import load_predictor, run_benchmark
     from tpo.eval.suite import run_toyworld_suite
 
     prog = f"tpo eval run {args.benchmark}"
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: --annotations and --videos are required", file=sys.stderr)
         return 2
     try:
-        predictor = ModelPredictor.from_checkpoint(args.checkpoint, device=args.device)
+        predictor = load_predictor(args.checkpoint, device=args.device)
         if args.benchmark == SUITE:
             run_toyworld_suite(
                 args.checkpoint,

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from tpo.config import TPOConfig, load_config
     from tpo.data.manifest import load_manifest, load_records
     from tpo.eval.runner_io import JsonlLog
+    from tpo.infer.load import load_inference_model
     from tpo.model.build import build_collator
     from tpo.popen.collect import (
         INDEX_FILE,
@@ -84,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
         is_text_answer,
         sample_id,
     )
-    from tpo.train.export import load_inference_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.checkpoint / "config.yaml").is_file():

@@ -12,6 +12,7 @@ import torch
 from tpo.config.schema import ModelConfig
 from tpo.heads import registry
 from tpo.heads.criterion import MultiTaskCriterion
+from tpo.model.build import build_mllm
 from tpo.model.task_head import TaskHead
 from tpo.model.tpo_model import TPOModel
 
@@ -42,8 +43,6 @@ def build_criterion(
 def build_model(cfg: ModelConfig) -> TPOModel:
     """MLLM + registered heads (+ the per-frame feature source a head asks for) from `cfg`;
     the random init is seeded by `cfg.init_seed`. The same model trains and answers."""
-    from tpo.model.build import build_mllm
-
     torch.manual_seed(cfg.init_seed)
     mllm = build_mllm(cfg, pairs=registry.task_pairs())
     heads = build_heads(cfg, mllm.llm.width, mllm.vision.width)

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from tpo.config.heads import TemporalHeadConfig
+from tpo.data.video import load_video, open_source
 from tpo.heads.parts import TimeWindow
 from tpo.heads.span_ops import span_cw_to_xx, span_nms
+from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
 from tpo.model.task_head import HeadQueries, TaskHead
 
 if TYPE_CHECKING:
@@ -138,8 +140,6 @@ class TemporalHead(TaskHead):
 
     def frame_feature_source(self, cfg: ModelConfig, mllm: nn.Module):
         """Our vision encoder's features at `feat_fps`, cached per video (frozen encoder)."""
-        from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
-
         return FrameFeatureCache(
             vision_frame_encoder(mllm.vision, patches=self.cfg.spatial),
             _frame_reader(cfg.vision.img_size),
@@ -179,6 +179,7 @@ class TemporalHead(TaskHead):
 
     def criterion(self) -> nn.Module:
         """The span + saliency criterion of the config."""
+        # function-level: tpo.heads.temporal_criterion imports this module (TemporalOutput)
         from tpo.heads.temporal_criterion import build_temporal_criterion
 
         return build_temporal_criterion(self.cfg)
@@ -290,7 +291,6 @@ def _saliency_on(target: dict, stamps: Tensor) -> dict:
 
 def _frame_reader(img_size: int):
     """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
-    from tpo.data.video import load_video, open_source
 
     def read(video: str, times: Tensor) -> Tensor:
         src = open_source(video)

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tpo.data.records import Record
+from tpo.data.video import open_source
 from tpo.eval.runner_io import (
     JsonlLog,
     metrics_markdown,
@@ -41,6 +42,7 @@ from tpo.eval.runner_io import (
     write_text_atomic,
 )
 from tpo.infer.answer import GroundedAnswer
+from tpo.infer.api import load
 from tpo.infer.decoding import Decoding
 from tpo.infer.predictor import AskOptions, Predictor
 
@@ -54,8 +56,6 @@ MAX_NEW_TOKENS = 32  # answer length of the benchmark questions
 def load_predictor(folder: str | Path, device: str = "cpu") -> Predictor:
     """The one predictor (`tpo.infer.predictor.Predictor`) of an inference folder or a training
     checkpoint (with its config.yaml's frames and image size)."""
-    from tpo.infer.api import load
-
     return load(folder, device=device).predictor
 
 
@@ -194,8 +194,6 @@ def _question(record: Record) -> str:
 def _options(name: str, sample) -> AskOptions:
     """The evaluation options of one benchmark question: the asked frame (the annotated one,
     else the middle sampled frame); for MeViS, SAM2 propagates through the annotated frames."""
-    from tpo.data.video import open_source
-
     asked = len(sample.frames) // 2 if sample.box_frame is None else sample.box_frame
     if name != "mevis":
         return AskOptions(asked_frame=asked)

@@ -9,12 +9,25 @@ preference ensemble is `tpo.infer.ensemble.PreferenceEnsemble`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from tpo.model.generate import GenerationOutput
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Run the block under `torch.manual_seed(seed)` without touching the caller's RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass
@@ -72,8 +85,6 @@ class Sampling:
         self, mllm, frames, input_ids, attention_mask, *, max_new_tokens: int, pooled=None
     ) -> Decoded:
         """One sampled answer per prompt."""
-        from tpo.infer.ensemble import seeded
-
         with seeded(self.seed, input_ids.device):
             gen = mllm.generate(
                 frames, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=True,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tpo.infer.answer import EnsembleRecord
-from tpo.infer.decoding import Decoded
+from tpo.infer.decoding import Decoded, seeded
 from tpo.infer.preference import preference_attention, preference_weights
 from tpo.model.generate import GenerationOutput
 from tpo.model.mllm import position_ids
@@ -91,18 +91,6 @@ def resolve_k(ensemble: int | bool | None, default: int = DEFAULT_K) -> int | No
     if not isinstance(ensemble, int) or ensemble < 1:
         raise ValueError(f"ensemble: expected None, True or K >= 1, got {ensemble!r}")
     return ensemble
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device):
-    """Run the block under `torch.manual_seed(seed)` without touching the caller's RNG state."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 @contextlib.contextmanager

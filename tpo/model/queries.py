@@ -24,5 +24,7 @@ class TaskQueries:
 
     def for_head(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries of head `index` (`TaskTokens.index(name)`): (hidden [m, d], sample [m])."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"for_head: expected a head index (TaskTokens.index), got {index!r}")
         sel = self.task_head == index
         return self.task_hidden[sel], self.task_sample[sel]

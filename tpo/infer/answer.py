@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tpo.heads import registry
 from tpo.heads.parts import BoxPrediction, MaskTrack, TimeWindow
 
 __all__ = ["BoxPrediction", "EnsembleRecord", "GroundedAnswer", "MaskTrack", "TimeWindow"]
@@ -81,7 +82,7 @@ def _array(values: list[float] | None) -> np.ndarray | None:
 class GroundedAnswer:
     """An answer to one question about one video.
 
-    text: the reply; heads: heads that fired, in order of first firing; windows: time spans;
+    text: the reply; heads: heads that fired (registered names), in order of first firing; windows: time spans;
     saliency: `[k]` per-frame score at `saliency_times` `[k]` seconds; boxes: per asked frame;
     masks: the tracked object's masks; outputs: other heads' parts, `{head: {field: JSON value}}`;
     video/duration/fps: the source (path, seconds, rate); ensemble: how a preference-ensemble
@@ -102,9 +103,10 @@ class GroundedAnswer:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bad = [h for h in self.heads if not isinstance(h, str) or not h]
+        known = registry.names()
+        bad = [h for h in self.heads if h not in known]
         if bad:
-            raise ValueError(f"GroundedAnswer.heads: expected head names, got {bad}")
+            raise ValueError(f"GroundedAnswer.heads: expected registered heads {known}, got {bad}")
         if (self.saliency is None) != (self.saliency_times is None):
             raise ValueError("GroundedAnswer: saliency and saliency_times go together")
         if self.saliency is not None:

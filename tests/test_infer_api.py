@@ -261,3 +261,38 @@ def test_region_head_reads_the_asked_frame_patches(pipe, world):
     np.testing.assert_allclose(
         ans.boxes[0].box, (box * torch.tensor([w, h, w, h])).tolist(), rtol=1e-5
     )
+
+
+def test_sampling_is_a_strategy_object(pipe, world):
+    """Seeded sampling repeats itself and leaves the caller's RNG where it was."""
+    from tpo.infer.decoding import Sampling
+
+    q = "What happens in the video? Describe it in detail."
+    state = torch.get_rng_state()
+    a = pipe.ask(_video(world), q, max_new_tokens=8, decoding=Sampling(temperature=2.0, seed=4))
+    b = pipe.ask(_video(world), q, max_new_tokens=8, decoding=Sampling(temperature=2.0, seed=4))
+    assert a.text == b.text and torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="either ensemble or decoding"):
+        pipe.ask(_video(world), q, ensemble=2, decoding=Sampling(seed=1))
+
+
+def test_given_mask_frames_are_an_option_of_the_same_path(pipe, world):
+    """AskOptions.mask_frames: the mask head propagates through the given frames (prompted on
+    the first) and the track carries their video frame numbers."""
+    from tpo.infer.api import AskOptions
+
+    inp = pipe.load_input(_video(world))
+    given = np.array([1, 3, 5])
+    head = pipe.model.heads["mask"] = StandInMaskHead()
+    try:
+        gen = _generation(pipe, inp, ["mask"])
+        opts = AskOptions(asked_frame=2, mask_frames=inp.raw(given), mask_frame_indices=given)
+        ans = pipe.predictor.ground(gen, [inp], ["Track it at 1 s"], [opts])[0]
+        assert head.prompt_frame == 0
+        plain = pipe.ground(gen, [inp], ["Track it"])[0]
+    finally:
+        del pipe.model.heads["mask"]
+    np.testing.assert_array_equal(ans.masks.frame_indices, given)
+    want = StandInMaskHead().propagate(None, inp.raw(given))
+    np.testing.assert_array_equal(ans.masks.masks, want.numpy())
+    np.testing.assert_array_equal(plain.masks.frame_indices, inp.indices)

@@ -22,19 +22,17 @@ def build_pipeline(folder: Path):
     """A random tiny model saved as an inference folder and loaded with `tpo.load`."""
     import tpo
     from tpo.config import TPOConfig, load_config
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
+    from tpo.heads.build import build_model
     from tpo.train.export import save_inference_folder
 
     cfg = load_config(TPOConfig, ["configs/tiny/stage3.yaml"], ["model.heads.mask=null"])
-    return tpo.load(save_inference_folder(build_train_model(cfg, get_stage(3)), cfg, folder))
+    return tpo.load(save_inference_folder(build_model(cfg.model), cfg, folder))
 
 
 def main() -> None:
     """Print a table of median seconds per stage and tokens/s."""
     from tpo.data.toyworld import generate_toyworld
     from tpo.model.generate import GenerationOutput
-    from tpo.model.mllm import HEADS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -47,6 +45,7 @@ def main() -> None:
         generate_toyworld(tmp / "world", 3, seed=0, workers=1)
         video = str(tmp / "world" / "videos" / "toy_00000.mp4")
         pipe = build_pipeline(tmp / "ckpt")
+        index = pipe.model.mllm.task_tokens.index
         question = "When does the red circle appear?"
         pipe.ask(video, question, max_new_tokens=args.tokens)  # warm-up (feature cache filled)
         rows: dict[str, list[float]] = {
@@ -66,7 +65,7 @@ def main() -> None:
                 gen = GenerationOutput(
                     text=[""], token_ids=[[]], vision=vision,
                     task_hidden=torch.randn(2, pipe.model.mllm.llm.width),
-                    task_head=torch.tensor([HEADS.index("temporal"), HEADS.index("region")]),
+                    task_head=torch.tensor([index("temporal"), index("region")]),
                     task_sample=torch.zeros(2, dtype=torch.long),
                 )  # fmt: skip
                 pipe.model.temporal_features._memory.clear()  # time the feature encoding too

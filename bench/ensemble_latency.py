@@ -21,6 +21,8 @@ from ask_latency import build_pipeline
 def main() -> None:
     """Print a table of median seconds per setting and the ratio to greedy."""
     from tpo.data.toyworld import generate_toyworld
+    from tpo.infer.decoding import Greedy
+    from tpo.infer.ensemble import EnsembleOptions, PreferenceEnsemble
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -29,10 +31,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    settings = {
-        "greedy": {},
-        f"ensemble K={args.k} logp": {"ensemble": args.k, "seed": 0},
-        f"ensemble K={args.k} dpo": {"ensemble": args.k, "seed": 0, "ensemble_score": "dpo"},
+    settings = {  # decoding strategies handed to the one predictor
+        "greedy": Greedy(),
+        f"ensemble K={args.k} logp": PreferenceEnsemble(EnsembleOptions(args.k, seed=0)),
+        f"ensemble K={args.k} dpo": PreferenceEnsemble(
+            EnsembleOptions(args.k, score="dpo", seed=0)
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="tpo_ens_bench_") as tmp:
         tmp = Path(tmp)
@@ -44,9 +48,9 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in settings}
         tokens: dict[str, list[int]] = {name: [] for name in settings}
         for _ in range(args.repeats):
-            for name, kwargs in settings.items():  # interleaved: load drifts hit all alike
+            for name, decoding in settings.items():  # interleaved: load drifts hit all alike
                 t0 = time.perf_counter()
-                pipe.ask(video, question, max_new_tokens=args.tokens, **kwargs)
+                pipe.ask(video, question, max_new_tokens=args.tokens, decoding=decoding)
                 times[name].append(time.perf_counter() - t0)
                 tokens[name].append(pipe.timings.new_tokens)
     base = statistics.median(times["greedy"])

@@ -1,7 +1,8 @@
 """Per-head forward / backward times at the tiny size, and SAM2's image-encoder time.
 
 Run: .venv/bin/python bench/heads.py [configs/tiny/model.yaml configs/tiny/heads.yaml]
-Temporal and region heads are timed when their modules exist; the mask head is SAM2 hiera-t
+Temporal and region heads are built from the config and timed as TPOModel calls them (the
+TaskHead protocol: gather, run, criterion) when their modules exist; the mask head is SAM2 hiera-t
 with random weights (cold: image encoder run; cached: features from the LRU cache). CPU, with
 torch's thread count (OMP_NUM_THREADS). Prints median milliseconds over repeats.
 """
@@ -56,46 +57,63 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def bench_temporal(cfg, d_llm: int, d_vision: int) -> None:
-    from tpo.heads.temporal import TemporalHead
-    from tpo.heads.temporal_criterion import build_temporal_criterion
+def _queries(n: int, d_llm: int, samples, vision=None):
+    from tpo.model.task_head import HeadQueries
 
-    head, crit = (
-        TemporalHead(cfg, d_llm=d_llm, d_feat=d_vision).train(),
-        build_temporal_criterion(cfg),
-    )
+    return HeadQueries(torch.randn(n, d_llm), list(range(n)), samples, vision)
+
+
+def bench_protocol(head, queries, targets, label: str) -> None:
+    """Time a head the way TPOModel calls it: gather, run, prepare_targets, its criterion."""
+    from tpo.heads.criterion import weighted_sum
+
+    head.train()
+    crit = head.criterion()
+    inputs = head.gather(queries)
+    tg = head.prepare_targets(targets, inputs)
+
+    def run() -> torch.Tensor:
+        return weighted_sum(crit(head.run(queries.hidden, inputs), tg), crit.weight_dict)
+
+    fwd, bwd = fwd_bwd(run, list(head.parameters()))
+    print(f"{label:50s} {fwd:10.1f} {bwd:10.1f}")
+
+
+def bench_temporal(model, d_llm: int, d_vision: int) -> None:
+    from tpo.heads.temporal import TemporalHead
+    from tpo.model.task_head import HeadSample
+
+    cfg = model.heads.temporal
+    head = TemporalHead.from_config(model, d_llm, d_vision)
     n, t = 4, cfg.max_feats
-    query, feats = torch.randn(n, d_llm), torch.randn(n, t, d_vision)
-    stamps = torch.arange(t, dtype=torch.float32).expand(n, t) / cfg.feat_fps
-    duration = torch.full((n,), t / cfg.feat_fps)
+    p = (model.vision.img_size // model.vision.patch_size) ** 2
+    shape = (t, p, d_vision) if cfg.spatial else (t, d_vision)  # what the feature source gives
+    stamps = (torch.arange(t, dtype=torch.float32) + 0.5) / cfg.feat_fps
+
+    def features(f=torch.randn(*shape)):
+        return lambda: (f, stamps)
+
+    samples = [HeadSample(duration=t / cfg.feat_fps, frame_features=features()) for _ in range(n)]
     targets = [
-        {"spans": torch.tensor([[0.4, 0.2]]), "saliency": torch.randint(0, 5, (t,)).float()}
+        {"spans": torch.tensor([[0.4, 0.2]]), "saliency": torch.randint(0, 5, (t // 2,)).float()}
         for _ in range(n)
     ]
-
-    def run() -> torch.Tensor:
-        return weighted_sum(crit(head(query, feats, stamps, duration), targets), crit.weight_dict)
-
-    fwd, bwd = fwd_bwd(run, list(head.parameters()))
-    print(f"{'temporal head (n=4, t=' + str(t) + ')':50s} {fwd:10.1f} {bwd:10.1f}")
+    kind = f", p={p}" if cfg.spatial else ""
+    bench_protocol(head, _queries(n, d_llm, samples), targets, f"temporal head (n=4, t={t}{kind})")
 
 
-def bench_region(cfg, d_llm: int, d_vision: int) -> None:
-    from tpo.heads.region import RegionHead, build_region_criterion
+def bench_region(model, d_llm: int, d_vision: int) -> None:
+    from tpo.heads.region import RegionHead
+    from tpo.model.task_head import HeadSample
+    from tpo.model.vision import VisionOutput
 
-    head, crit = (
-        RegionHead(cfg, d_llm=d_llm, d_vision=d_vision).train(),
-        build_region_criterion(cfg),
-    )
-    n = 4
-    query, patches = torch.randn(n, d_llm), torch.randn(n, 16, d_vision)
+    head = RegionHead.from_config(model, d_llm, d_vision)
+    n, f = 4, 4
+    p = (model.vision.img_size // model.vision.patch_size) ** 2
+    vision = VisionOutput(torch.randn(n, f * p, d_vision), torch.randn(n, f, d_vision))
+    samples = [HeadSample(duration=1.0, asked_frame=1) for _ in range(n)]
     targets = [{"boxes": torch.tensor([0.1, 0.2, 0.6, 0.7])} for _ in range(n)]
-
-    def run() -> torch.Tensor:
-        return weighted_sum(crit(head(query, patches), targets), crit.weight_dict)
-
-    fwd, bwd = fwd_bwd(run, list(head.parameters()))
-    print(f"{'region head (n=4)':50s} {fwd:10.1f} {bwd:10.1f}")
+    bench_protocol(head, _queries(n, d_llm, samples, vision), targets, f"region head (n=4, p={p})")
 
 
 def bench_mask(cfg, d_llm: int) -> None:
@@ -152,16 +170,16 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     print(f"{paths}: d_llm {d_llm}, d_vision {d_vision}, torch threads {torch.get_num_threads()}")
     print(f"{'head':50s} {'fwd (ms)':>10s} {'bwd (ms)':>10s}")
-    for name, fn, args in (
-        ("temporal", bench_temporal, (heads.temporal, d_llm, d_vision)),
-        ("region", bench_region, (heads.region, d_llm, d_vision)),
+    for name, fn, cfg in (
+        ("temporal", bench_temporal, heads.temporal),
+        ("region", bench_region, heads.region),
     ):
         if not _has(f"tpo.heads.{name}"):
             print(f"{name + ' head':50s} skipped: tpo.heads.{name} not present")
-        elif args[0] is None:
+        elif cfg is None:
             print(f"{name + ' head':50s} skipped: not configured")
         else:
-            fn(*args)
+            fn(model, d_llm, d_vision)
     if heads.mask is None:
         print(f"{'mask head':50s} skipped: not configured")
         return 0

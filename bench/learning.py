@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         prepare,
         summarise,
     )
+    from tpo.heads.build import build_model
+    from tpo.infer.load import load_inference_model
+    from tpo.infer.predictor import Predictor
     from tpo.model.build import build_collator
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
-    from tpo.train.export import load_inference_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="outputs/stage3/final")
@@ -53,13 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(a.root, "test", a.limit)
     train = load_split(a.root, "train")
     trained = load_inference_model(ckpt)
-    untrained = build_train_model(cfg, get_stage(3)).float().eval()
+    untrained = build_model(cfg.model).float().eval()
     collator = build_collator(cfg.model, trained.mllm)
+    size = {"num_frames": cfg.data.num_frames, "img_size": cfg.model.vision.img_size}
     items = prepare(test, cfg)  # decoded once, scored three times
     scores = {
-        "untrained": evaluate(untrained, collator, items, desc="untrained"),
+        "untrained": evaluate(Predictor(untrained, collator, **size), items, desc="untrained"),
         "prior only": evaluate_prior(Prior.fit(train), items),
-        "stage 3": evaluate(trained, collator, items, desc="stage 3"),
+        "stage 3": evaluate(Predictor(trained, collator, **size), items, desc="stage 3"),
     }
     rows = {name: summarise(s) for name, s in scores.items()}
     metrics = list(METRICS.values())

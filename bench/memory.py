@@ -26,11 +26,12 @@ def count_groups(cfg_path: Path, stage_number: int) -> tuple[int, int, dict[str,
     """(all params, trainable params, trainable per group) of the stage's model on meta."""
     from tpo.config import TPOConfig, load_config
     from tpo.heads.build import build_heads
+    from tpo.heads.registry import task_pairs
     from tpo.model.build import build_mllm
     from tpo.stages import get_stage
 
     cfg = load_config(TPOConfig, [cfg_path])
-    mllm = build_mllm(cfg.model, meta=True)
+    mllm = build_mllm(cfg.model, meta=True, pairs=task_pairs())
     # SAM2's Hiera cannot be built on the meta device (it calls .item() while building), so the
     # heads are built for real: at full size about 0.9 GB of fp32 weights, a few seconds.
     heads = build_heads(cfg.model.heads, mllm.llm.width, mllm.vision.width)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tpo.config import TPOConfig, load_config
+from tpo.heads.registry import task_pairs
 from tpo.model.build import build_mllm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> int:
     """Print ours vs official per part; returns 1 if any ratio is outside 1 +- 0.01."""
     path = argv[0] if argv else str(ROOT / "configs/full/model.yaml")
     start = time.perf_counter()
-    model = build_mllm(load_config(TPOConfig, [path]).model, meta=True)
+    model = build_mllm(load_config(TPOConfig, [path]).model, meta=True, pairs=task_pairs())
     built = time.perf_counter() - start
     g = model.trainable_groups()
     proj = {id(p) for p in g["connector_proj"]}

@@ -1,47 +1,52 @@
-"""Builders: heads and the multi-task criterion from `HeadsConfig`.
+"""Builders: the model (MLLM + registered heads) from `ModelConfig`, and, beside it for
+training only, the multi-task criterion of those heads.
 
-The mask head lives in `tpo.heads.mask` and imports sam2; it is imported only when a mask head
-is configured, so configs without one never import sam2.
+`build_model(cfg)` serves training and inference alike; the training builder
+(`tpo.train.builders.build_train_model`) adds the criterion and the stage's switches.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch
 
-from tpo.config.heads import HeadsConfig
+from tpo.config.schema import ModelConfig
+from tpo.heads import registry
 from tpo.heads.criterion import MultiTaskCriterion
-from tpo.heads.region import RegionHead, build_region_criterion
-from tpo.heads.temporal import TemporalHead
-from tpo.heads.temporal_criterion import build_temporal_criterion
+from tpo.model.build import build_mllm
+from tpo.model.task_head import TaskHead
+from tpo.model.tpo_model import TPOModel
 
 
-def build_heads(cfg: HeadsConfig, d_llm: int, d_vision: int) -> dict[str, nn.Module]:
-    """The configured heads by name ("temporal", "region", "mask"); a null config is left out.
-
-    The temporal head reads features of width `cfg.temporal.feat_dim` (npz) or `d_vision`.
-    """
-    heads: dict[str, nn.Module] = {}
-    if cfg.temporal is not None:
-        d_feat = cfg.temporal.feat_dim or d_vision
-        heads["temporal"] = TemporalHead(cfg.temporal, d_llm=d_llm, d_feat=d_feat)
-    if cfg.region is not None:
-        heads["region"] = RegionHead(cfg.region, d_llm=d_llm, d_vision=d_vision)
-    if cfg.mask is not None:
-        from tpo.heads.mask import build_mask_head  # imports sam2
-
-        heads["mask"] = build_mask_head(cfg.mask, d_llm)
-    return heads
+def build_heads(cfg: ModelConfig, d_llm: int, d_vision: int) -> dict[str, TaskHead]:
+    """The configured heads by name, in registry order (a head whose config is null is left
+    out); widths of the LLM and of the vision encoder."""
+    built = {}
+    for cls in registry.heads():
+        head = cls.from_config(cfg, d_llm, d_vision)
+        if head is not None:
+            built[cls.name] = head
+    return built
 
 
-def build_criterion(cfg: HeadsConfig) -> MultiTaskCriterion:
-    """Multi-task criterion over the configured heads' criteria, with the config's weights."""
-    criteria: dict[str, nn.Module] = {}
-    if cfg.temporal is not None:
-        criteria["temporal"] = build_temporal_criterion(cfg.temporal)
-    if cfg.region is not None:
-        criteria["region"] = build_region_criterion(cfg.region)
-    if cfg.mask is not None:
-        from tpo.heads.mask import build_mask_criterion  # imports sam2
+def build_criterion(
+    heads: dict[str, TaskHead], cfg: ModelConfig, lm_weight: float = 1.0
+) -> MultiTaskCriterion:
+    """Multi-task criterion over the heads' own criteria, with `heads.task_weights`."""
+    return MultiTaskCriterion(
+        {name: head.criterion() for name, head in heads.items()},
+        weight=cfg.heads.task_weights,
+        lm_weight=lm_weight,
+        names=registry.names(),
+    )
 
-        criteria["mask"] = build_mask_criterion(cfg.mask)
-    return MultiTaskCriterion(criteria, weight=cfg.task_weights)
+
+def build_model(cfg: ModelConfig) -> TPOModel:
+    """MLLM + registered heads (+ the per-frame feature source a head asks for) from `cfg`;
+    the random init is seeded by `cfg.init_seed`. The same model trains and answers."""
+    torch.manual_seed(cfg.init_seed)
+    mllm = build_mllm(cfg, pairs=registry.task_pairs())
+    heads = build_heads(cfg, mllm.llm.width, mllm.vision.width)
+    features = next(
+        (f for h in heads.values() if (f := h.frame_feature_source(cfg, mllm)) is not None), None
+    )
+    return TPOModel(mllm, heads, temporal_features=features)

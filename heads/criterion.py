@@ -1,9 +1,9 @@
 """Multi-task criterion: routes each content token to its head's criterion and sums the losses.
 
 Content tokens are numbered 0..n-1 over the batch; `task_head [n]` says which head each feeds
-(0 temporal, 1 region, 2 mask, the MLLM's convention). Each head is run on its own tokens in
-order (`token_indices`), so `head_outputs[name]` row j belongs to token `token_indices(...)[name][j]`,
-and `targets[i]` is the target of token i.
+(its head index: the position of the head's name in `names`, the registry's order). Each head
+is run on its own tokens in order (`token_indices`), so `head_outputs[name]` row j belongs to
+token `token_indices(...)[name][j]`, and `targets[i]` is the target of token i.
 """
 
 from __future__ import annotations
@@ -14,23 +14,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tpo.heads import registry
 from tpo.model.sharding import zero_through_all
 
-HEAD_NAMES = (
-    "temporal",
-    "region",
-    "mask",
-)  # position = the task_head id (= tpo.model.tokens.HEADS)
 
-
-def token_indices(task_head: Tensor) -> dict[str, Tensor]:
-    """Positions (long `[n_h]`) of each head's content tokens in `task_head [n]`."""
-    bad = (task_head < 0) | (task_head >= len(HEAD_NAMES))
+def token_indices(task_head: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """Positions (long `[n_h]`) of each head's content tokens in `task_head [n]`; head k is
+    `names[k]` (default: the registered heads)."""
+    names = registry.names() if names is None else tuple(names)
+    bad = (task_head < 0) | (task_head >= len(names))
     if bad.any():
         raise ValueError(
-            f"task_head ids must lie in 0..{len(HEAD_NAMES) - 1}, got {task_head[bad].tolist()}"
+            f"task_head ids must lie in 0..{len(names) - 1}, got {task_head[bad].tolist()}"
         )
-    return {name: (task_head == k).nonzero().flatten() for k, name in enumerate(HEAD_NAMES)}
+    return {name: (task_head == k).nonzero().flatten() for k, name in enumerate(names)}
 
 
 def weighted_sum(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float]) -> Tensor:
@@ -42,7 +39,8 @@ def weighted_sum(losses: Mapping[str, Tensor], weight_dict: Mapping[str, float])
 
 
 class MultiTaskCriterion(nn.Module):
-    """LM loss + per-head criteria on the content tokens routed to each head.
+    """LM loss + per-head criteria on the content tokens routed to each head (`names`: head
+    index -> name, default the registry's).
 
     total = lm_weight * lm_loss + sum_h weight[h] * sum_k weight_dict_h[k] * loss_h[k].
     A criterion is any callable `(outputs, targets) -> dict[str, Tensor]` with a `weight_dict`.
@@ -59,12 +57,14 @@ class MultiTaskCriterion(nn.Module):
         criteria: Mapping[str, Callable[..., dict[str, Tensor]]],
         weight: Mapping[str, float] | None = None,
         lm_weight: float = 1.0,
+        names: Sequence[str] | None = None,
     ):
         super().__init__()
-        unknown = set(criteria) - set(HEAD_NAMES)
+        self.names = registry.names() if names is None else tuple(names)
+        unknown = set(criteria) - set(self.names)
         if unknown:
             raise ValueError(
-                f"MultiTaskCriterion: unknown heads {sorted(unknown)}; known {HEAD_NAMES}"
+                f"MultiTaskCriterion: unknown heads {sorted(unknown)}; known {self.names}"
             )
         for name, crit in criteria.items():
             if not isinstance(getattr(crit, "weight_dict", None), Mapping):
@@ -101,7 +101,7 @@ class MultiTaskCriterion(nn.Module):
         zero = torch.zeros((), device=device)
         losses: dict[str, Tensor] = {"lm": lm_loss if lm_loss is not None else zero}
         total = losses["lm"].float() * self.lm_weight
-        for name, idx in token_indices(task_head).items():
+        for name, idx in token_indices(task_head, self.names).items():
             crit = self.criteria.get(name)
             if len(idx) and crit is None:
                 raise ValueError(

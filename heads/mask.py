@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,13 @@ from torch import Tensor, nn
 
 from tpo.config.heads import MaskHeadConfig
 from tpo.heads.mask_criterion import MaskCriterion, build_mask_criterion
+from tpo.heads.parts import MaskTrack
 from tpo.heads.sam2_backend import PROMPT_DIM, SAM2Backend, build_sam2_model, frame_key
 from tpo.heads.tracking import TrackResult, boxes_from_masks, track_from_box
+from tpo.model.task_head import HeadQueries, TaskHead
+
+if TYPE_CHECKING:
+    from tpo.config.schema import ModelConfig
 
 __all__ = ["MaskCriterion", "MaskHead", "MaskOutput", "build_mask_criterion", "build_mask_head"]
 
@@ -43,17 +49,40 @@ class MaskOutput:
     embed_box: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
 
-class MaskHead(nn.Module):
+@dataclass
+class MaskInputs:
+    """What the mask head reads in training: per query its frames `[k, 3, H, W]` and video id."""
+
+    frames: list[Tensor]
+    video_ids: list[str | None]
+
+
+class MaskHead(TaskHead):
     """`<tracking>` query `[n, d_llm]` -> SAM2 prompt -> masks.
 
     Sparse prompt: MLP d_llm -> hidden -> t*256 reshaped `[n, t, 256]` (official: t = 3, like a
     box prompt's 2 corners + pad). Dense prompt (`dense_prompt`): a linear map of the query to
     256 channels added, constant over space, to SAM2's no-mask embedding `[n, 256, h, w]`;
     zero-initialised so training starts from SAM2's own dense input.
+
+    Task pair `<track_begin><tracking>`; reads the sample's mask frames (training: image mode on
+    the annotated frames); answers `masks`: a MaskTrack propagated by SAM2 through the given
+    frames, else the sampled frames, prompted on the first given / the asked sampled frame.
+    Its queries may be pooled by the preference ensemble (`poolable`).
     """
+
+    name = "mask"
+    tokens = ("<track_begin>", "<tracking>")
+    poolable = True
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> MaskHead | None:
+        """From `cfg.heads.mask` (None: no mask head) with a freshly built SAM2 backend."""
+        return None if cfg.heads.mask is None else build_mask_head(cfg.heads.mask, d_llm)
 
     def __init__(self, cfg: MaskHeadConfig, d_llm: int, backend: SAM2Backend):
         super().__init__()
+        self.cfg = cfg
         self.d_llm = d_llm
         self.prompt_tokens = cfg.prompt_tokens
         hidden = cfg.prompt_hidden or d_llm
@@ -75,6 +104,39 @@ class MaskHead(nn.Module):
         if self.backend.train_decoder:
             params += self.backend.decoder_parameters()
         return {"mask_head": params}
+
+    def gather(self, queries: HeadQueries) -> MaskInputs:
+        """Each query's mask frames and video id (training)."""
+        frames = [s.mask_frames for s in queries.samples]
+        if any(f is None for f in frames):
+            raise ValueError("MaskHead: a sample with mask targets has no mask frames")
+        return MaskInputs(frames, [s.video for s in queries.samples])  # type: ignore[arg-type]
+
+    def run(self, hidden: Tensor, inputs: MaskInputs) -> MaskOutput:
+        """`forward` (image mode) on the gathered frames."""
+        return self(hidden, inputs.frames, inputs.video_ids)
+
+    def criterion(self) -> nn.Module:
+        """BCE + Dice (+ the optional box-embedding L1) with the config's weights."""
+        return build_mask_criterion(self.cfg)
+
+    @torch.no_grad()
+    def predict(self, queries: HeadQueries) -> list[dict[str, Any]]:
+        """`masks`: SAM2 propagation through the given mask frames (prompted on the first), else
+        through the sampled frames (prompted on the asked one, default the first)."""
+        parts = []
+        for j, s in enumerate(queries.samples):
+            if s.mask_frames is not None:
+                frames, indices, first = s.mask_frames, s.mask_frame_indices, 0
+            elif s.read_frames is not None:
+                frames, indices, first = s.read_frames(), s.frame_indices, s.asked_frame or 0
+            else:
+                raise ValueError("MaskHead.predict: the sample offers no frames")
+            masks = self.propagate(queries.hidden[j], frames, prompt_frame=first)
+            if indices is None:
+                indices = range(len(masks))
+            parts.append({"masks": MaskTrack(masks.cpu().numpy(), list(indices), s.fps or 1.0)})
+        return parts
 
     def prompt(self, query: Tensor) -> tuple[Tensor, Tensor | None]:
         """Sparse `[n, t, 256]` and dense `[n, 256, h, w]` (or None) prompts of `query [n, d_llm]`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,11 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from tpo.config.heads import RegionHeadConfig
+from tpo.heads.parts import BoxPrediction
+from tpo.model.task_head import HeadQueries, TaskHead
+
+if TYPE_CHECKING:
+    from tpo.config.schema import ModelConfig
 
 
 @dataclass
@@ -46,7 +52,7 @@ def patch_centres(p: int, device=None) -> Tensor:
     return (torch.stack([xs.flatten(), ys.flatten()], dim=-1).float() + 0.5) / g
 
 
-class RegionHead(nn.Module):
+class RegionHead(TaskHead):
     """MLP d_llm -> hidden -> 4; `refine` first cross-attends the query to the frame's patches.
 
     The 4 outputs pass a sigmoid and each coordinate pair is sorted (x1 = min, x2 = max of the
@@ -54,10 +60,23 @@ class RegionHead(nn.Module):
     would cut gradients at the border). With `locate`, the centre is instead the soft-argmax of
     one query-patch attention over the patch centres (+ an offset up to half a patch) and the
     MLP predicts the width and height; the box is clipped to the frame.
+
+    Task pair `<box_begin><boxes>`; reads the encoder's patches of the asked frame
+    (`HeadSample.asked_frame`, default the middle sampled frame); answers `boxes` in pixels.
     """
+
+    name = "region"
+    tokens = ("<box_begin>", "<boxes>")
+    once = False  # every <boxes> of an answer adds a box
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> RegionHead | None:
+        """From `cfg.heads.region` (None: no region head)."""
+        return None if cfg.heads.region is None else cls(cfg.heads.region, d_llm, d_vision)
 
     def __init__(self, cfg: RegionHeadConfig, d_llm: int, d_vision: int):
         super().__init__()
+        self.cfg = cfg
         self.refine, self.locate = cfg.refine, cfg.locate
         d_in = d_llm
         if cfg.refine:
@@ -79,6 +98,39 @@ class RegionHead(nn.Module):
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """All parameters train together as `region_head`."""
         return {"region_head": list(self.parameters())}
+
+    def gather(self, queries: HeadQueries) -> Tensor | None:
+        """Patches `[m, p, d_v]` of each query's asked frame (None when the head does not refine
+        or there are no frames)."""
+        if not self.refine or queries.vision is None:
+            return None
+        f = queries.vision.frames.shape[1]
+        frames = [f // 2 if s.asked_frame is None else s.asked_frame for s in queries.samples]
+        return queries.vision.frame_patches(torch.tensor(queries.rows), torch.tensor(frames))
+
+    def run(self, hidden: Tensor, inputs: Tensor | None) -> RegionOutput:
+        """`forward` on the asked frames' patches."""
+        return self(hidden, inputs)
+
+    def criterion(self) -> nn.Module:
+        """L1 + GIoU with the config's weights."""
+        return build_region_criterion(self.cfg)
+
+    def postprocess(
+        self, output: RegionOutput, queries: HeadQueries, inputs: Tensor | None
+    ) -> list[dict[str, Any]]:
+        """`boxes`: one BoxPrediction in pixels of the video, on the asked frame."""
+        parts = []
+        for j, s in enumerate(queries.samples):
+            if s.size is None or s.frame_indices is None or not s.fps:
+                raise ValueError("RegionHead.postprocess: the sample lacks size, frames or fps")
+            h, w = s.size
+            norm = output.boxes[j].float().clamp(0, 1).cpu()
+            box = (norm * torch.tensor([w, h, w, h], dtype=torch.float32)).tolist()
+            f = len(s.frame_indices) // 2 if s.asked_frame is None else s.asked_frame
+            idx = int(s.frame_indices[f])
+            parts.append({"boxes": [BoxPrediction(tuple(box), idx, idx / s.fps)]})
+        return parts
 
     def forward(self, query: Tensor, patches: Tensor | None = None) -> RegionOutput:
         """query `[n, d_llm]` (`<boxes>` hidden states); patches `[n, p, d_v]` of the asked frame

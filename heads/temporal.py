@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from tpo.config.heads import TemporalHeadConfig
+from tpo.data.video import load_video, open_source
+from tpo.heads.parts import TimeWindow
 from tpo.heads.span_ops import span_cw_to_xx, span_nms
+from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
+from tpo.model.task_head import HeadQueries, TaskHead
+
+if TYPE_CHECKING:
+    from tpo.config.schema import ModelConfig
 
 
 @dataclass
@@ -58,11 +67,41 @@ def timestamp_encoding(tau: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-class TemporalHead(nn.Module):
-    """Moment decoder conditioned on the `<temp>` query; see `TemporalOutput` for the outputs."""
+@dataclass
+class TemporalInputs:
+    """What the temporal head reads for `n` queries: per-frame `feats` `[n, t, d]` (spatial:
+    `[n, t, p, d]`) at `timestamps` `[n, t]` s of each clip, `duration` `[n]` s, `mask` `[n, t]`
+    (real frames inside the clip), and each query's unpadded times `stamps` and `clip_start` s."""
+
+    feats: Tensor
+    timestamps: Tensor
+    duration: Tensor
+    mask: Tensor
+    stamps: list[Tensor]
+    clip_start: list[float]
+
+
+class TemporalHead(TaskHead):
+    """Moment decoder conditioned on the `<temp>` query; see `TemporalOutput` for the outputs.
+
+    Task pair `<time_begin><temp>`; reads the per-frame features of the clip
+    (`HeadSample.frame_features`); answers `windows` and `saliency` / `saliency_times`.
+    """
+
+    name = "temporal"
+    tokens = ("<time_begin>", "<temp>")
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> TemporalHead | None:
+        """From `cfg.heads.temporal` (None: no temporal head); npz features set their width."""
+        tcfg = cfg.heads.temporal
+        if tcfg is None:
+            return None
+        return cls(tcfg, d_llm=d_llm, d_feat=tcfg.feat_dim or d_vision)
 
     def __init__(self, cfg: TemporalHeadConfig, d_llm: int, d_feat: int):
         super().__init__()
+        self.cfg = cfg
         h = cfg.hidden
         self.hidden = h
         self.spatial = cfg.spatial
@@ -98,6 +137,75 @@ class TemporalHead(nn.Module):
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """All parameters train together as `temporal_head`."""
         return {"temporal_head": list(self.parameters())}
+
+    def frame_feature_source(self, cfg: ModelConfig, mllm: nn.Module):
+        """Our vision encoder's features at `feat_fps`, cached per video (frozen encoder)."""
+        return FrameFeatureCache(
+            vision_frame_encoder(mllm.vision, patches=self.cfg.spatial),
+            _frame_reader(cfg.vision.img_size),
+            self.cfg.feat_fps,
+            self.cfg.max_feats,
+        )
+
+    def gather(self, queries: HeadQueries) -> TemporalInputs:
+        """Each query's clip features, padded to the longest; frames outside the clip masked."""
+        feats, stamps, masks = [], [], []
+        for s in queries.samples:
+            if s.frame_features is None:
+                raise ValueError("TemporalHead: the sample offers no per-frame features")
+            f, ts = s.frame_features()
+            feats.append(f)
+            stamps.append(ts)
+            masks.append((ts >= 0) & (ts <= s.duration))
+        t = max(len(ts) for ts in stamps)
+
+        def pad(x: Tensor, value: float = 0.0) -> Tensor:
+            extra = t - x.shape[0]
+            return torch.cat([x, x.new_full((extra, *x.shape[1:]), value)]) if extra else x
+
+        device = queries.hidden.device
+        return TemporalInputs(
+            feats=torch.stack([pad(f) for f in feats]).to(device),
+            timestamps=torch.stack([pad(s) for s in stamps]).to(device),
+            duration=torch.tensor([s.duration for s in queries.samples], device=device),
+            mask=torch.stack([pad(m, False) for m in masks]).to(device),
+            stamps=stamps,
+            clip_start=[s.clip_start for s in queries.samples],
+        )
+
+    def run(self, hidden: Tensor, inputs: TemporalInputs) -> TemporalOutput:
+        """`forward` on the gathered inputs."""
+        return self(hidden, inputs.feats, inputs.timestamps, inputs.duration, inputs.mask)
+
+    def criterion(self) -> nn.Module:
+        """The span + saliency criterion of the config."""
+        # function-level: tpo.heads.temporal_criterion imports this module (TemporalOutput)
+        from tpo.heads.temporal_criterion import build_temporal_criterion
+
+        return build_temporal_criterion(self.cfg)
+
+    def prepare_targets(self, targets: list[dict], inputs: TemporalInputs) -> list[dict]:
+        """Per-2-s-clip saliency targets mapped onto the head's feature times."""
+        return [_saliency_on(t, s) for t, s in zip(targets, inputs.stamps)]
+
+    def postprocess(
+        self, output: TemporalOutput, queries: HeadQueries, inputs: TemporalInputs
+    ) -> list[dict[str, Any]]:
+        """`windows` (TimeWindow, s of the video) and `saliency` at `saliency_times` s."""
+        windows = postprocess_spans(output, inputs.duration.cpu(), self.cfg.nms_iou)
+        saliency = postprocess_saliency(output)
+        parts = []
+        for j, (wins, sal) in enumerate(zip(windows, saliency)):
+            start = inputs.clip_start[j]
+            times = inputs.stamps[j][output.mask[j].cpu()[: len(inputs.stamps[j])]] + start
+            parts.append(
+                {
+                    "windows": [TimeWindow(s + start, e + start, sc) for s, e, sc in wins],
+                    "saliency": np.asarray(sal),
+                    "saliency_times": times.numpy()[: len(sal)],
+                }
+            )
+        return parts
 
     def forward(
         self,
@@ -170,6 +278,26 @@ class TemporalHead(nn.Module):
         logits = (self.pool_key(patches) @ q)[..., 0] / math.sqrt(self.hidden)  # [n, t, p]
         pooled = (logits.softmax(-1)[..., None] * self.pool_value(patches)).sum(2)  # [n, t, h]
         return torch.cat([pooled, logits.amax(-1, keepdim=True)], dim=-1)
+
+
+def _saliency_on(target: dict, stamps: Tensor) -> dict:
+    """Map per-2-s-clip saliency scores onto the head's feature timestamps."""
+    if target.get("saliency") is None:
+        return target
+    clips = target["saliency"]
+    idx = (stamps.clamp(min=0) // 2).long().clamp(max=len(clips) - 1).to(clips.device)
+    return {**target, "saliency": clips[idx]}
+
+
+def _frame_reader(img_size: int):
+    """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
+
+    def read(video: str, times: Tensor) -> Tensor:
+        src = open_source(video)
+        idx = np.clip(np.round(times.numpy() * src.fps).astype(np.int64), 0, src.num_total - 1)
+        return load_video(src, img_size=img_size, indices=idx).frames
+
+    return read
 
 
 def frame_runs(

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tpo.config import TPOConfig, load_config
+from tpo.heads.registry import task_pairs
 from tpo.model.assets import convert_smollm2
 from tpo.model.build import build_collator, build_mllm
 from tpo.model.prompt import Turn
@@ -43,7 +44,7 @@ def test_small_config_loads_smollm2_and_answers_in_english(smollm2):
         [ROOT / "configs/small/model.yaml"],
         [f"model.llm.path={smollm2}", f"model.llm.tokenizer={smollm2}"],
     ).model
-    model = build_mllm(cfg).eval()
+    model = build_mllm(cfg, pairs=task_pairs()).eval()
     tok = model.tokenizer
     assert [tok.convert_tokens_to_ids(t) for t in TASK_TOKENS] == list(range(49152, 49159))
     assert model.llm.model.get_input_embeddings().weight.shape[0] == 49159

@@ -20,7 +20,7 @@ from tpo.eval.learning import (
     prepare,
     summarise,
 )
-from tpo.infer.predict import Prediction
+from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack, TimeWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,26 +71,26 @@ def sample(record, box=None):
 def test_item_scores_by_hand():
     gt = sample(rec("temporal", windows=[(2.0, 5.0)]))
     preds = [
-        Prediction("", windows=[[2.0, 4.0, 0.9], [0.0, 1.0, 0.1]]),  # top-1 IoU 2/3
-        Prediction("", windows=[[3.5, 7.0, 0.9]]),  # IoU 1.5 / 5 = 0.3
-        Prediction(""),  # no window
+        GroundedAnswer("", windows=[TimeWindow(2.0, 4.0, 0.9), TimeWindow(0.0, 1.0, 0.1)]),  # 2/3
+        GroundedAnswer("", windows=[TimeWindow(3.5, 7.0, 0.9)]),  # IoU 1.5 / 5 = 0.3
+        GroundedAnswer(""),  # no window
     ]
     assert item_scores("temporal", preds, [gt] * 3).tolist() == [1.0, 0.0, 0.0]
 
-    gt = sample(rec("region"), box=[0.0, 0.0, 0.5, 1.0])
+    gt = sample(rec("region", width=200, height=100), box=[0.0, 0.0, 0.5, 1.0])
     preds = [
-        Prediction("", box=[0.0, 0.0, 0.5, 0.5]),
-        Prediction("", box=[0, 0, 0.5, 0.49]),
-        Prediction(""),
-    ]  # IoU exactly 0.5 counts; 0.49 does not; no box is wrong
+        GroundedAnswer("", boxes=[BoxPrediction((0, 0, 100, 50), 0, 0.0)]),
+        GroundedAnswer("", boxes=[BoxPrediction((0, 0, 100, 49), 0, 0.0)]),
+        GroundedAnswer(""),
+    ]  # pixels of a 200 x 100 frame: IoU exactly 0.5 counts; 0.49 does not; no box is wrong
     assert item_scores("region", preds, [gt] * 3).tolist() == [1.0, 0.0, 0.0]
 
     gt_mask = np.zeros((2, 8, 8), bool)
     gt_mask[:, 2:6, 2:6] = True
     preds = [
-        Prediction("", masks=gt_mask.copy()),
-        Prediction(""),
-        Prediction("", masks=np.zeros_like(gt_mask)),
+        GroundedAnswer("", masks=MaskTrack(gt_mask.copy(), [0, 1], 1.0)),
+        GroundedAnswer(""),
+        GroundedAnswer("", masks=MaskTrack(np.zeros_like(gt_mask), [0, 1], 1.0)),
     ]
     got = item_scores("mask", preds, [None] * 3, [gt_mask] * 3)
     assert got.tolist() == [1.0, 0.0, 0.0]
@@ -98,7 +98,7 @@ def test_item_scores_by_hand():
         item_scores("mask", preds, [None] * 3, [gt_mask])
 
     gt = sample(rec("mc", answer="(B) red"))
-    preds = [Prediction("(B) red"), Prediction("(B)"), Prediction("(A) red"), Prediction("")]
+    preds = [GroundedAnswer(t) for t in ("(B) red", "(B)", "(A) red", "")]
     assert item_scores("mc", preds, [gt] * 4).tolist() == [1.0, 1.0, 0.0, 0.0]
 
     with pytest.raises(ValueError, match="2 predictions for 1 samples"):

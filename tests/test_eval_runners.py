@@ -11,10 +11,10 @@ from PIL import Image
 
 from tests.test_infer_api import make_checkpoint
 from tpo.eval.runner_io import JsonlLog
-from tpo.eval.runners import BENCHMARKS, ModelPredictor, answer_index, run_benchmark
+from tpo.eval.runners import BENCHMARKS, answer_index, load_predictor, run_benchmark
 from tpo.eval.scorers import get_scorer
 from tpo.eval.suite import TOYWORLD_FILES, run_toyworld_suite
-from tpo.infer.predict import Prediction
+from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack, TimeWindow
 
 ID_FILES = {"mevis": "done.jsonl", "nextgqa": "progress.jsonl"}
 
@@ -46,26 +46,29 @@ class Oracle:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def __call__(self, samples, questions, mask_frames=None):
+    def answer_samples(self, samples, questions, *, options, decoding=None, max_new_tokens=64):
         from pycocotools import mask as mask_utils
 
         out = []
         for i, s in enumerate(samples):
             rec = s.record
             self.asked.append(rec.qid)
-            p = Prediction(text=rec.answer if rec.task in ("mc", "gqa") else "ok")
-            p.windows = [[a - s.clip_start, b - s.clip_start, 1.0] for a, b in rec.windows]
-            if s.box is not None:
-                p.box = s.box.tolist()
+            p = GroundedAnswer(text=rec.answer if rec.task in ("mc", "gqa") else "ok")
+            p.windows = [TimeWindow(a, b, 1.0) for a, b in rec.windows]  # video seconds
+            if s.box is not None:  # pixels, as the predictor answers
+                x1, y1, x2, y2 = s.box.tolist()
+                w, h = rec.width, rec.height
+                p.boxes = [BoxPrediction((x1 * w, y1 * h, x2 * w, y2 * h), 0, 0.0)]
             if rec.masks is not None:
-                assert mask_frames[i].shape[0] == len(rec.mask_frames)
+                assert options[i].mask_frames.shape[0] == len(rec.mask_frames)
                 empty = np.zeros((rec.height, rec.width), bool)
-                p.masks = np.stack(
+                masks = np.stack(
                     [
                         mask_utils.decode(rec.masks[f]).astype(bool) if f in rec.masks else empty
                         for f in rec.mask_frames
                     ]
                 )
+                p.masks = MaskTrack(masks, rec.mask_frames, 1.0)
             out.append(p)
         return out
 
@@ -101,7 +104,7 @@ def test_oracle_predictions_score_perfectly(world, tmp_path, name):
 def test_random_model_suite(world, checkpoint, tmp_path):
     """A random tiny model (2 questions per benchmark, one model call each): every runner
     writes files its scorer accepts and one combined table."""
-    predictor = ModelPredictor.from_checkpoint(checkpoint)
+    predictor = load_predictor(checkpoint)
     results = run_toyworld_suite(
         checkpoint, world, tmp_path, limit=2, batch_size=2, predictor=predictor
     )

@@ -8,6 +8,7 @@ import torch
 from transformers import LogitsProcessor
 
 from tpo.config import TPOConfig, load_config
+from tpo.heads.registry import task_pairs
 from tpo.model.build import build_collator, build_mllm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ class ForceAt(LogitsProcessor):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = build_mllm(CFG).eval()
+    m = build_mllm(CFG, pairs=task_pairs()).eval()
     with torch.no_grad():  # a non-zero adapter, so LoRA takes part in every step
         for p in m.trainable_groups()["lora"]:
             p.normal_(std=0.05)

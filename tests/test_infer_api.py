@@ -11,21 +11,21 @@ from torch import nn
 
 import tpo
 from tpo.data.video import VideoError
+from tpo.heads.mask import MaskHead
+from tpo.heads.registry import names
 from tpo.infer.answer import GroundedAnswer
 from tpo.infer.api import nearest_frame, parse_time
 from tpo.model.generate import GenerationOutput
-from tpo.model.mllm import HEADS
 
 
 def make_checkpoint(folder: Path) -> Path:
     """A random tiny stage-3 model without mask head saved as an inference folder."""
     from tpo.config import TPOConfig, load_config
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
+    from tpo.heads.build import build_model
     from tpo.train.export import save_inference_folder
 
     cfg = load_config(TPOConfig, ["configs/tiny/stage3.yaml"], ["model.heads.mask=null"])
-    return save_inference_folder(build_train_model(cfg, get_stage(3)), cfg, folder)
+    return save_inference_folder(build_model(cfg.model), cfg, folder)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def ckpt(tmp_path_factory) -> Path:
 def test_weights_that_do_not_fit_the_config_name_both_files(ckpt, tmp_path):
     import shutil
 
-    from tpo.train.export import load_inference_model
+    from tpo.infer.load import load_inference_model
 
     copy = tmp_path / "copy"
     shutil.copytree(ckpt, copy)
@@ -64,8 +64,12 @@ def _video(world: Path, i: int = 0) -> str:
     return str(world / "videos" / f"toy_{i:05d}.mp4")
 
 
-class StandInMaskHead(nn.Module):
-    """SAM2 is too slow for unit tests: masks = pixels brighter than the frame's mean."""
+class StandInMaskHead(MaskHead):
+    """SAM2 is too slow for unit tests: masks = pixels brighter than the frame's mean (the
+    MaskHead's answer path, without its SAM2 backend)."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
 
     def propagate(self, prompt, frames, prompt_frame=0):
         self.prompt_frame = prompt_frame
@@ -87,7 +91,7 @@ def _generation(pipe, inp, heads: list[str]) -> GenerationOutput:
     return GenerationOutput(
         text=["an answer"], token_ids=[[1, 2]], vision=vision,
         task_hidden=torch.randn(len(heads), d),
-        task_head=torch.tensor([HEADS.index(h) for h in heads]),
+        task_head=torch.tensor([names().index(h) for h in heads]),
         task_sample=torch.zeros(len(heads), dtype=torch.long),
     )  # fmt: skip
 
@@ -108,7 +112,7 @@ def test_ask_is_well_formed(pipe, world):
     ans = pipe.ask(_video(world), "When does the red circle appear?", max_new_tokens=8)
     assert isinstance(ans, GroundedAnswer)
     assert isinstance(ans.text, str) and "[INST]" not in ans.text and "</s>" not in ans.text
-    assert set(ans.heads) <= set(HEADS)
+    assert set(ans.heads) <= set(names())
     reader = decord.VideoReader(_video(world))
     assert ans.duration == pytest.approx(len(reader) / reader.get_avg_fps())
     assert ans.fps == pytest.approx(reader.get_avg_fps())
@@ -232,31 +236,63 @@ def test_bad_inputs(pipe, world, tmp_path):
         tpo.load(tmp_path / "nowhere")
 
 
-def test_pipeline_and_predict_share_the_head_calls(pipe, world):
-    """The API's windows and box are those of tpo.infer.predict's helpers for the same query:
-    one temporal call, and the region head refining on the asked frame's patches."""
-    from tpo.infer.predict import asked_frame_patches, run_temporal_head
+def test_region_head_reads_the_asked_frame_patches(pipe, world):
+    """Through the TaskHead protocol the region head gathers the asked frame's patches (default
+    the middle sampled frame) and its box, in pixels, is the one of those patches."""
+    from tpo.model.task_head import HeadQueries, HeadSample
 
     inp = pipe.load_input(_video(world))
     gen = _generation(pipe, inp, ["temporal", "region"])
     ans = pipe.ground(gen, [inp], ["What is at 1 s?"])[0]
-    feats, stamps = pipe.temporal_features(inp)
-    wins, saliency = run_temporal_head(pipe.model, gen.task_hidden[:1], feats, stamps, inp.duration)
-    assert [[w.start, w.end, w.score] for w in ans.windows] == wins
-    np.testing.assert_allclose(ans.saliency, saliency)
+    head = pipe.model.heads["region"]
     f = int(np.abs(inp.indices / inp.fps - 1.0).argmin())
-    patches = asked_frame_patches(pipe.model, gen, 0, f)
     t = gen.vision.frames.shape[1]
     per_frame = gen.vision.patches.shape[1] // t
-    assert patches.shape == (1, per_frame, gen.vision.patches.shape[-1])
-    torch.testing.assert_close(
-        patches[0], gen.vision.patches[0, f * per_frame : (f + 1) * per_frame]
-    )
-    torch.testing.assert_close(
-        asked_frame_patches(pipe.model, gen, 0), asked_frame_patches(pipe.model, gen, 0, t // 2)
-    )
-    box = pipe.model.heads["region"](gen.task_hidden[1:2], patches).boxes[0].clamp(0, 1)
+    query = gen.task_hidden[1:2]
+    for asked, want in ((f, f), (None, t // 2)):
+        q = HeadQueries(query, [0], [HeadSample(duration=1.0, asked_frame=asked)], gen.vision)
+        patches = head.gather(q)
+        torch.testing.assert_close(
+            patches[0], gen.vision.patches[0, want * per_frame : (want + 1) * per_frame]
+        )
+    q = HeadQueries(query, [0], [HeadSample(duration=1.0, asked_frame=f)], gen.vision)
+    box = head.run(query, head.gather(q)).boxes[0].clamp(0, 1)
     h, w = inp.size
     np.testing.assert_allclose(
         ans.boxes[0].box, (box * torch.tensor([w, h, w, h])).tolist(), rtol=1e-5
     )
+
+
+def test_sampling_is_a_strategy_object(pipe, world):
+    """Seeded sampling repeats itself and leaves the caller's RNG where it was."""
+    from tpo.infer.decoding import Sampling
+
+    q = "What happens in the video? Describe it in detail."
+    state = torch.get_rng_state()
+    a = pipe.ask(_video(world), q, max_new_tokens=8, decoding=Sampling(temperature=2.0, seed=4))
+    b = pipe.ask(_video(world), q, max_new_tokens=8, decoding=Sampling(temperature=2.0, seed=4))
+    assert a.text == b.text and torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="either ensemble or decoding"):
+        pipe.ask(_video(world), q, ensemble=2, decoding=Sampling(seed=1))
+
+
+def test_given_mask_frames_are_an_option_of_the_same_path(pipe, world):
+    """AskOptions.mask_frames: the mask head propagates through the given frames (prompted on
+    the first) and the track carries their video frame numbers."""
+    from tpo.infer.api import AskOptions
+
+    inp = pipe.load_input(_video(world))
+    given = np.array([1, 3, 5])
+    head = pipe.model.heads["mask"] = StandInMaskHead()
+    try:
+        gen = _generation(pipe, inp, ["mask"])
+        opts = AskOptions(asked_frame=2, mask_frames=inp.raw(given), mask_frame_indices=given)
+        ans = pipe.predictor.ground(gen, [inp], ["Track it at 1 s"], [opts])[0]
+        assert head.prompt_frame == 0
+        plain = pipe.ground(gen, [inp], ["Track it"])[0]
+    finally:
+        del pipe.model.heads["mask"]
+    np.testing.assert_array_equal(ans.masks.frame_indices, given)
+    want = StandInMaskHead().propagate(None, inp.raw(given))
+    np.testing.assert_array_equal(ans.masks.masks, want.numpy())
+    np.testing.assert_array_equal(plain.masks.frame_indices, inp.indices)

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from tpo.config import TPOConfig, load_config
+from tpo.heads.registry import names, task_pairs
 from tpo.model.build import build_collator, build_mllm
-from tpo.model.mllm import HEADS, label_positions, position_ids
+from tpo.model.mllm import label_positions, position_ids
 from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID, Turn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ TIME_BEGIN, BOX_BEGIN, TRACK_BEGIN = 32001, 32000, 32004
 @pytest.fixture(scope="module")
 def built():
     torch.manual_seed(0)
-    model = build_mllm(CFG)
+    model = build_mllm(CFG, pairs=task_pairs())
     defaults = {
         name: [p.requires_grad for p in ps] for name, ps in model.trainable_groups().items()
     }
@@ -200,9 +201,9 @@ def test_head_queries_are_hidden_states_at_content_tokens(model, collator):
     assert torch.allclose(out.task_hidden, expected, atol=1e-6)
     per = out.per_sample(2)
     assert per[0][1].tolist() == [0, 1] and per[1][1].tolist() == [2]
-    region, sample = out.for_head("region")
+    region, sample = out.for_head(names().index("region"))
     assert sample.tolist() == [0] and torch.equal(region[0], out.task_hidden[1])
-    assert HEADS[out.task_head[2]] == "mask"
+    assert names()[out.task_head[2]] == "mask"
 
 
 def test_image_input_and_text_only(model, collator):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
 from torch import nn
 
 from tpo.config.heads import HeadsConfig, MaskHeadConfig, RegionHeadConfig, TemporalHeadConfig
+from tpo.config.schema import ModelConfig
+from tpo.heads import registry
 from tpo.heads.build import build_criterion, build_heads
-from tpo.heads.criterion import HEAD_NAMES, MultiTaskCriterion, token_indices, weighted_sum
+from tpo.heads.criterion import MultiTaskCriterion, token_indices, weighted_sum
 
 D_LLM, D_V, T = 16, 8, 6
 TEMPORAL = TemporalHeadConfig(
@@ -37,9 +38,9 @@ def _setup(task_weights=None, lm_weight=0.5):
         mask=None,
         task_weights=task_weights or {"temporal": 0.05, "region": 2.0},
     )
-    heads = build_heads(cfg, D_LLM, D_V)
+    heads = build_heads(ModelConfig(heads=cfg), D_LLM, D_V)
+    crit = build_criterion(heads, ModelConfig(heads=cfg), lm_weight=lm_weight)
     heads["mask"] = nn.Linear(3, 3)  # stand-in mask head: trainable parameters, never used
-    crit = build_criterion(cfg)
     crit = MultiTaskCriterion(
         crit.criteria | {"mask": StandInMaskCriterion()}, crit.weight, lm_weight
     )
@@ -60,10 +61,9 @@ def _run_heads(heads, hidden, task_head, feats):
     return out
 
 
-def test_head_ids_agree_with_the_mllm():
-    from tpo.model.tokens import HEADS
-
-    assert HEADS == HEAD_NAMES
+def test_head_ids_are_the_registry_order():
+    assert registry.names()[:3] == ("temporal", "region", "mask")
+    assert [p.content for p in registry.task_pairs()[:3]] == ["<temp>", "<boxes>", "<tracking>"]
 
 
 def test_token_indices_and_bad_ids():
@@ -151,33 +151,40 @@ def test_routing_errors():
 def test_build_heads_keys_groups_and_lazy_mask(monkeypatch):
     cfg = HeadsConfig(temporal=TEMPORAL, region=None, mask=MaskHeadConfig())
     calls = []
-    stand_in = types.ModuleType("tpo.heads.mask")
-    stand_in.build_mask_head = lambda mcfg, d_llm: (
-        calls.append((mcfg, d_llm)) or nn.Linear(d_llm, 2)
-    )
-    stand_in.build_mask_criterion = lambda mcfg: StandInMaskCriterion()
-    monkeypatch.setitem(sys.modules, "tpo.heads.mask", stand_in)
-    heads = build_heads(cfg, D_LLM, D_V)
-    assert set(heads) == {"temporal", "mask"} and calls == [(cfg.mask, D_LLM)]
+
+    class StandInMask(nn.Linear):
+        def criterion(self):
+            return StandInMaskCriterion()
+
+    def from_config(mcfg, d_llm, d_vision):
+        calls.append((mcfg.heads.mask, d_llm))
+        return StandInMask(d_llm, 2)
+
+    monkeypatch.setattr(registry.get("mask"), "from_config", from_config)
+    heads = build_heads(ModelConfig(heads=cfg), D_LLM, D_V)
+    assert list(heads) == ["temporal", "mask"] and calls == [(cfg.mask, D_LLM)]
     assert set(heads["temporal"].trainable_groups()) == {"temporal_head"}
-    crit = build_criterion(cfg)
+    crit = build_criterion(heads, ModelConfig(heads=cfg))
     assert set(crit.criteria) == {"temporal", "mask"}
     assert crit.criteria["temporal"].weight_dict["loss_span"] == TEMPORAL.span_l1
     npz = HeadsConfig(
         temporal=TemporalHeadConfig(hidden=16, num_heads=2, feat_dim=5), region=None, mask=None
     )
-    assert build_heads(npz, D_LLM, D_V)["temporal"].feat_proj[-1].in_features == 5
+    built = build_heads(ModelConfig(heads=npz), D_LLM, D_V)
+    assert built["temporal"].feat_proj[-1].in_features == 5
 
 
 def test_no_mask_head_never_imports_sam2():
     code = (
         "import sys\n"
         "from tpo.config.heads import HeadsConfig, RegionHeadConfig, TemporalHeadConfig\n"
+        "from tpo.config.schema import ModelConfig\n"
         "from tpo.heads.build import build_criterion, build_heads\n"
-        "cfg = HeadsConfig(temporal=TemporalHeadConfig(hidden=16, num_heads=2),\n"
-        "                  region=RegionHeadConfig(hidden=8), mask=None)\n"
-        "assert set(build_heads(cfg, 16, 8)) == {'temporal', 'region'}\n"
-        "build_criterion(cfg)\n"
-        "assert 'sam2' not in sys.modules and 'tpo.heads.mask' not in sys.modules\n"
+        "cfg = ModelConfig(heads=HeadsConfig(temporal=TemporalHeadConfig(hidden=16, num_heads=2),\n"
+        "                  region=RegionHeadConfig(hidden=8), mask=None))\n"
+        "heads = build_heads(cfg, 16, 8)\n"
+        "assert set(heads) == {'temporal', 'region'}\n"
+        "build_criterion(heads, cfg)\n"
+        "assert 'sam2' not in sys.modules  # the registry lists MaskHead; only building imports sam2\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

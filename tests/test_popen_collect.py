@@ -165,9 +165,8 @@ def test_clean_batch_rebuilds_the_clean_embedding(setup, collected):
     prefs = load_segmentation_preferences(collected[0])
     batch = clean_batch(prefs, records, collator, img_size=64)
     with torch.no_grad():
-        hidden, rows = model.mllm(batch.frames, batch.input_ids, batch.attention_mask).for_head(
-            "mask"
-        )
+        out = model.mllm(batch.frames, batch.input_ids, batch.attention_mask)
+        hidden, rows = out.for_head(model.mllm.task_tokens.index("mask"))
     assert rows.tolist() == [0, 1, 2]
     assert torch.allclose(hidden, torch.stack([p.clean_embedding for p in prefs]), atol=1e-4)
     with pytest.raises(ValueError, match=prefs[0].file.name):

@@ -82,7 +82,8 @@ def test_three_stages_train_exactly_their_groups(tmp_path, world):
     assert any(k.startswith("heads.temporal") for k in changed_by_stage[2])
     assert not any(".lora_" in k for k in changed_by_stage[2])  # LoRA is no stage-2 group
 
-    from tpo.train.export import export, load_inference_model
+    from tpo.infer.load import load_inference_model
+    from tpo.train.export import export
 
     out = export(tmp_path / "stage3" / "final", tmp_path / "export")
     model = load_inference_model(out)

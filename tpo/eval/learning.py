@@ -1,7 +1,9 @@
 """Does training help? The untrained model, a prior-only baseline and a trained model on the
 toy-world test split, scored item by item with the same four metrics (temporal R1@0.5, box
 Acc@0.5, mask J&F, multiple-choice accuracy), and how sure a difference is (a paired bootstrap
-interval over the test items). Used by bench/learning.py.
+interval over the test items). Used by bench/learning.py. Models answer through the one
+predictor (`tpo.infer.predictor.Predictor`, as `ask` does): the mask metric scores SAM2's
+propagation through the scored frames, prompted on the first.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from tqdm import tqdm
 
 from tpo.data.dataset import VideoTaskDataset
 from tpo.data.records import Record
-from tpo.infer.predict import Prediction
+from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack, TimeWindow
+from tpo.infer.predictor import AskOptions, Predictor
 
 METRICS = {  # task -> the metric its test records are scored with
     "temporal": "temporal R1@0.5",
@@ -146,29 +149,24 @@ def prepare(test: dict[str, list[Record]], cfg) -> dict[str, EvalItems]:
 
 
 def evaluate(
-    model, collator, items: dict[str, EvalItems], batch_size: int = 8, desc: str = "model"
+    predictor: Predictor, items: dict[str, EvalItems], batch_size: int = 8, desc: str = "model"
 ) -> dict[str, np.ndarray]:
-    """Per-item scores of `model`: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
-    from tpo.infer.predict import predict
+    """Per-item scores of the predictor's model: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
     from tpo.train.builders import question_text
 
     results: dict[str, np.ndarray] = {}
     for task, it in items.items():
-        preds = []
+        preds: list[GroundedAnswer] = []
         for start in tqdm(
             range(0, len(it.samples), batch_size), desc=f"{desc}: {task}", leave=False
         ):
-            batch = slice(start, start + batch_size)
-            samples = it.samples[batch]
-            preds += predict(
-                model,
-                collator,
-                torch.stack([s.frames for s in samples]),
+            samples = it.samples[start : start + batch_size]
+            frames = it.mask_frames[start : start + batch_size] or [None] * len(samples)
+            preds += predictor.answer_samples(
+                samples,
                 [question_text(s.record) for s in samples],
-                [s.record.video for s in samples],
-                [s.duration for s in samples],
-                box_frames=[s.box_frame or 0 for s in samples],
-                mask_frames=it.mask_frames[batch] or None,
+                options=[AskOptions(s.box_frame or 0, f) for s, f in zip(samples, frames)],
+                max_new_tokens=32,
             )
         results[METRICS[task]] = item_scores(task, preds, it.samples, it.gt_masks)
     return results
@@ -182,12 +180,22 @@ def evaluate_prior(prior: Prior, items: dict[str, EvalItems]) -> dict[str, np.nd
         preds = []
         for k, s in enumerate(it.samples):
             d = s.record.duration or s.duration  # the fit normalised by the annotated one
-            mask = np.broadcast_to(prior.mask, it.gt_masks[k].shape).copy() if it.gt_masks else None
+            rec = s.record
+            box = None
+            if rec.width and rec.height:
+                x1, y1, x2, y2 = prior.box
+                box = BoxPrediction(
+                    (x1 * rec.width, y1 * rec.height, x2 * rec.width, y2 * rec.height), 0, 0.0
+                )
+            mask = None
+            if it.gt_masks:
+                stack = np.broadcast_to(prior.mask, it.gt_masks[k].shape).copy()
+                mask = MaskTrack(stack, np.arange(len(stack)), 1.0)
             preds.append(
-                Prediction(
+                GroundedAnswer(
                     text=f"({prior.answer_letter})",
-                    windows=[[max(0.0, (c - w / 2) * d), min(d, (c + w / 2) * d), 1.0]],
-                    box=list(prior.box),
+                    windows=[TimeWindow(max(0.0, (c - w / 2) * d), min(d, (c + w / 2) * d), 1.0)],
+                    boxes=[] if box is None else [box],
                     masks=mask,
                 )
             )
@@ -196,11 +204,11 @@ def evaluate_prior(prior: Prior, items: dict[str, EvalItems]) -> dict[str, np.nd
 
 
 def item_scores(
-    task: str, preds: list[Prediction], samples: list, gt_masks: list | None = None
+    task: str, preds: list[GroundedAnswer], samples: list, gt_masks: list | None = None
 ) -> np.ndarray:
-    """`[n]` scores of predictions against their `VideoTaskDataset` samples: top-1 window IoU >=
-    0.5, box IoU >= 0.5 (normalised xyxy), J&F on `gt_masks` (bool `[k, H, W]` each), right
-    option (the MVBench rule)."""
+    """`[n]` scores of answers against their `VideoTaskDataset` samples: top-1 window IoU >=
+    0.5, box IoU >= 0.5 (normalised xyxy: the pixel box over the record's size), J&F of the
+    mask track on `gt_masks` (bool `[k, H, W]` each), right option (the MVBench rule)."""
     from tpo.eval.boxes import box_iou
     from tpo.eval.mask_ops import video_jf
     from tpo.eval.moments import top1_iou
@@ -209,11 +217,20 @@ def item_scores(
     if len(preds) != len(samples):
         raise ValueError(f"{len(preds)} predictions for {len(samples)} samples")
     if task == "temporal":
-        top = np.array([p.windows[0][:2] if p.windows else [0.0, 0.0] for p in preds], float)
+        top = np.array(
+            [[p.windows[0].start, p.windows[0].end] if p.windows else [0.0, 0.0] for p in preds],
+            float,
+        )
         gt = [s.record.windows for s in samples]
         return (top1_iou(top.reshape(-1, 2), gt) >= 0.5).astype(float)
     if task == "region":
-        pred = np.array([p.box if p.box is not None else [0.0] * 4 for p in preds], float)
+        pred = np.array(
+            [
+                p.boxes[0].normalised(s.record.width, s.record.height) if p.boxes else [0.0] * 4
+                for p, s in zip(preds, samples)
+            ],
+            float,
+        )
         gt = np.array([s.box.tolist() for s in samples], float)
         return (box_iou(pred.reshape(-1, 4), gt.reshape(-1, 4)) >= 0.5).astype(float)
     if task == "mask":
@@ -221,7 +238,7 @@ def item_scores(
             raise ValueError("mask scores need one GT mask stack per prediction")
         scores = []
         for p, gt in zip(preds, gt_masks):
-            pm = p.masks if p.masks is not None else np.zeros(gt.shape, bool)
+            pm = p.masks.masks if p.masks is not None else np.zeros(gt.shape, bool)
             j, f = video_jf(np.asarray(pm, bool), gt)
             scores.append((j + f) / 2)
         return np.array(scores, float)

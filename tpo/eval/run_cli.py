@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tpo.eval.runner_io import metrics_markdown
-from tpo.eval.runners import BENCHMARKS, ModelPredictor, run_benchmark
+from tpo.eval.runners import BENCHMARKS, load_predictor, run_benchmark
 from tpo.eval.suite import run_toyworld_suite
 
 RUNNERS = tuple(BENCHMARKS)  # the runners of tpo.eval.runners
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: --annotations and --videos are required", file=sys.stderr)
         return 2
     try:
-        predictor = ModelPredictor.from_checkpoint(args.checkpoint, device=args.device)
+        predictor = load_predictor(args.checkpoint, device=args.device)
         if args.benchmark == SUITE:
             run_toyworld_suite(
                 args.checkpoint,

@@ -12,6 +12,8 @@ file -> the registry scorer -> `metrics.json` + `metrics.md`.
 
 Resumable: each batch's lines are appended with one fsync'd write; a restart skips the ids
 already written (a truncated last line is dropped, `tpo.eval.runner_io.JsonlLog`).
+Every runner answers through the one predictor (`tpo.infer.predictor.Predictor`, as `ask`
+does): MeViS masks are SAM2's propagation through the annotated frames, prompted on the first.
 When the model does not fire the head a benchmark needs, the runner writes the official
 "no answer": the whole clip for moments (the official files require a window), an empty box
 for RefCOCO (IoU 0, as an unparseable answer), empty masks for MeViS. These items are counted
@@ -27,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from tpo.data.records import Record
+from tpo.data.video import open_source
 from tpo.eval.runner_io import (
     JsonlLog,
     metrics_markdown,
@@ -39,74 +41,41 @@ from tpo.eval.runner_io import (
     write_json_atomic,
     write_text_atomic,
 )
+from tpo.infer.answer import GroundedAnswer
+from tpo.infer.api import load
+from tpo.infer.decoding import Decoding
+from tpo.infer.predictor import AskOptions, Predictor
 
 CLIP_SECONDS = 2.0  # QVHighlights saliency clips
 ANSWER_LETTER = re.compile(r"^\s*\(?([A-Ja-j])\)?(?:[\s.:,]|$)")
 
 
-class ModelPredictor:
-    """A loaded model + prompt collator answering batches of samples (tpo.infer.predict)."""
+MAX_NEW_TOKENS = 32  # answer length of the benchmark questions
 
-    def __init__(self, model, collator, num_frames: int, img_size: int, max_new_tokens: int = 32):
-        self.model, self.collator = model, collator
-        self.num_frames, self.img_size, self.max_new_tokens = num_frames, img_size, max_new_tokens
 
-    @classmethod
-    def from_checkpoint(cls, folder: str | Path, device: str = "cpu") -> ModelPredictor:
-        """Load an inference folder (or a training checkpoint) and its config.yaml."""
-        from tpo.config import TPOConfig, load_config
-        from tpo.model.build import build_collator
-        from tpo.train.export import load_inference_model
-
-        folder = Path(folder)
-        cfg = load_config(TPOConfig, [folder / "config.yaml"])
-        model = load_inference_model(folder, device=device)
-        collator = build_collator(cfg.model, model.mllm)
-        return cls(model, collator, cfg.data.num_frames, cfg.model.vision.img_size)
-
-    def __call__(
-        self,
-        samples: list,
-        questions: list[str],
-        mask_frames: list[torch.Tensor | None] | None = None,
-    ) -> list:
-        """Predictions for samples (tpo.data.dataset.Sample) asked `questions`."""
-        from tpo.infer.predict import predict
-
-        return predict(
-            self.model,
-            self.collator,
-            torch.stack([s.frames for s in samples]),
-            questions,
-            [s.record.video for s in samples],
-            [s.duration for s in samples],
-            box_frames=[
-                len(s.frames) // 2 if s.box_frame is None else s.box_frame for s in samples
-            ],
-            mask_frames=mask_frames,
-            max_new_tokens=self.max_new_tokens,
-        )
+def load_predictor(folder: str | Path, device: str = "cpu") -> Predictor:
+    """The one predictor (`tpo.infer.predictor.Predictor`) of an inference folder or a training
+    checkpoint (with its config.yaml's frames and image size)."""
+    return load(folder, device=device).predictor
 
 
 # ----------------------------------------------------------------------------- per benchmark
 
 
-def _windows(sample, pred) -> tuple[list[list[float]], bool]:
+def _windows(sample, pred: GroundedAnswer) -> tuple[list[list[float]], bool]:
     """Predicted windows [[s, e, score]] in video seconds; the whole clip when none."""
     if pred.windows:
-        return [
-            [sample.clip_start + w[0], sample.clip_start + w[1], float(w[2])] for w in pred.windows
-        ], False
+        return [[float(w.start), float(w.end), float(w.score)] for w in pred.windows], False
     return [[sample.clip_start, sample.clip_start + sample.duration, 0.0]], True
 
 
-def _clip_saliency(record: Record, sample, pred) -> list[float]:
+def _clip_saliency(record: Record, sample, pred: GroundedAnswer) -> list[float]:
     """Saliency per 2-s clip (int(duration / 2) clips), read off the head's frame scores."""
     n = max(1, int((record.duration or sample.duration) / CLIP_SECONDS))
-    if not pred.saliency:
+    if pred.saliency is None or not len(pred.saliency):
         return [0.0] * n
     centres = sample.clip_start + (np.arange(n) + 0.5) * CLIP_SECONDS
-    times = np.asarray(pred.saliency_times, dtype=float) + sample.clip_start
+    times = np.asarray(pred.saliency_times, dtype=float)
     return np.interp(centres, times, np.asarray(pred.saliency, dtype=float)).round(4).tolist()
 
 
@@ -122,13 +91,13 @@ def _moment_line(sample, pred, ctx) -> dict:
     return dict(line, no_head=True) if missing else line
 
 
-def _box_line(sample, pred, ctx) -> dict:
+def _box_line(sample, pred: GroundedAnswer, ctx) -> dict:
     rec = sample.record
-    if pred.box is None:
+    if not pred.boxes:
         return {"id": rec.qid, "bbox": [0.0, 0.0, 0.0, 0.0], "no_head": True}
-    x1, y1, x2, y2 = np.clip(np.asarray(pred.box, dtype=float), 0.0, 1.0)
-    x1, x2 = sorted((x1 * rec.width, x2 * rec.width))
-    y1, y2 = sorted((y1 * rec.height, y2 * rec.height))
+    x1, y1, x2, y2 = pred.boxes[0].box  # pixels of the asked frame, as the RefCOCO files
+    x1, x2 = sorted(np.clip((x1, x2), 0.0, rec.width))
+    y1, y2 = sorted(np.clip((y1, y2), 0.0, rec.height))
     return {"id": rec.qid, "bbox": [round(float(v), 2) for v in (x1, y1, x2, y2)]}
 
 
@@ -162,7 +131,7 @@ def _mask_line(sample, pred, ctx) -> dict:
     rec = sample.record
     vid, eid, names = ctx["expressions"][rec.qid]
     shape = (rec.height, rec.width)
-    masks = pred.masks
+    masks = None if pred.masks is None else pred.masks.masks  # propagated over the GT frames
     if masks is None:
         masks = np.zeros((len(names), *shape), dtype=bool)
     folder = ctx["out"] / "masks" / vid / eid
@@ -222,16 +191,27 @@ def _question(record: Record) -> str:
     return question_text(record)
 
 
-def _mask_frames(samples: list) -> list[torch.Tensor]:
-    from tpo.data.video import open_source
-
-    return [open_source(s.record.video).read(np.asarray(s.record.mask_frames)) for s in samples]
+def _options(name: str, sample) -> AskOptions:
+    """The evaluation options of one benchmark question: the asked frame (the annotated one,
+    else the middle sampled frame); for MeViS, SAM2 propagates through the annotated frames."""
+    asked = len(sample.frames) // 2 if sample.box_frame is None else sample.box_frame
+    if name != "mevis":
+        return AskOptions(asked_frame=asked)
+    indices = np.asarray(sample.record.mask_frames)
+    return AskOptions(asked, open_source(sample.record.video).read(indices), indices)
 
 
 def predict_pending(
-    name: str, predictor, records: list[Record], log: JsonlLog, ctx: dict, batch_size: int
+    name: str,
+    predictor: Predictor,
+    records: list[Record],
+    log: JsonlLog,
+    ctx: dict,
+    batch_size: int,
+    decoding: Decoding | None = None,
 ) -> int:
-    """Predict `records` in batches, appending each batch's lines to `log`; returns model calls."""
+    """Predict `records` in batches with the one predictor (and `decoding`, default the
+    predictor's), appending each batch's lines to `log`; returns model calls."""
     from tpo.data.dataset import VideoTaskDataset
 
     if not records:
@@ -248,8 +228,11 @@ def predict_pending(
     calls = 0
     for start in tqdm(range(0, len(records), batch_size), desc=f"eval {name}", unit="batch"):
         samples = [data[i] for i in range(start, min(start + batch_size, len(records)))]
-        frames = _mask_frames(samples) if name == "mevis" else None
-        preds = predictor(samples, [_question(s.record) for s in samples], mask_frames=frames)
+        preds = predictor.answer_samples(
+            samples, [_question(s.record) for s in samples],
+            options=[_options(name, s) for s in samples], decoding=decoding,
+            max_new_tokens=MAX_NEW_TOKENS,
+        )  # fmt: skip
         calls += 1
         log.append([spec.line(s, p, ctx) for s, p in zip(samples, preds)])
     return calls
@@ -278,8 +261,10 @@ def run_benchmark(
     limit: int | None = None,
     batch_size: int = 4,
     checkpoint: str | None = None,
+    decoding: Decoding | None = None,
 ) -> dict:
-    """Run, write predictions (resuming), score; writes metrics.json/.md under `out`.
+    """Run `predictor` (with `decoding`, default its own), write predictions (resuming), score;
+    writes metrics.json/.md under `out`.
 
     Returns the metrics.json object: {benchmark, metrics, n_gt, n_predicted, partial, no_head,
     model_calls, predictions, scorer_options, ...}.
@@ -305,7 +290,7 @@ def run_benchmark(
     wanted = records[:limit] if limit is not None else records
     ctx = _context(name, annotations, out)
     calls = predict_pending(
-        name, predictor, [r for r in wanted if r.qid not in done], log, ctx, batch_size
+        name, predictor, [r for r in wanted if r.qid not in done], log, ctx, batch_size, decoding
     )
     done = log.recover()
     partial = len(done) < len(records)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tpo.eval.runner_io import write_json_atomic, write_text_atomic
-from tpo.eval.runners import BENCHMARKS, ModelPredictor, run_benchmark
+from tpo.eval.runners import BENCHMARKS, load_predictor, run_benchmark
 
 HEADLINE = {  # metrics shown in the combined toy-world table
     "qvhighlights": (
@@ -66,7 +66,7 @@ def run_toyworld_suite(
     from tpo.eval.scorers import SCORERS
 
     root, out = Path(root), Path(out)
-    predictor = predictor or ModelPredictor.from_checkpoint(checkpoint)
+    predictor = predictor or load_predictor(checkpoint)
     results: dict[str, dict] = {}
     for name, file in TOYWORLD_FILES.items():
         annotations = root / "annotations" / file.format(split=split)

@@ -1,7 +1,9 @@
-"""What the inference API returns: a grounded answer with time windows, boxes and mask tracks.
+"""What the inference API returns: a grounded answer with time windows, boxes and mask tracks,
+and the outputs of any other head.
 
 Every type converts to and from plain JSON (`json.dumps` works on `GroundedAnswer.to_json()`);
-masks travel as COCO RLE (pycocotools) with the counts as ASCII strings.
+masks travel as COCO RLE (pycocotools) with the counts as ASCII strings. The part types live
+beside the heads (`tpo.heads.parts`) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,135 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-HEAD_NAMES = ("temporal", "region", "mask")
+from tpo.heads import registry
+from tpo.heads.parts import BoxPrediction, MaskTrack, TimeWindow
 
-
-@dataclass
-class TimeWindow:
-    """A predicted moment: `start`..`end` in seconds and its confidence `score`."""
-
-    start: float
-    end: float
-    score: float
-
-    def __post_init__(self) -> None:
-        if not self.end >= self.start:
-            raise ValueError(f"TimeWindow: expected end >= start, got [{self.start}, {self.end}]")
-
-    def to_json(self) -> dict[str, float]:
-        """{'start', 'end', 'score'} as floats."""
-        return {"start": float(self.start), "end": float(self.end), "score": float(self.score)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TimeWindow:
-        """Inverse of `to_json`."""
-        return cls(float(data["start"]), float(data["end"]), float(data["score"]))
-
-
-@dataclass
-class BoxPrediction:
-    """A box `(x1, y1, x2, y2)` in pixels on frame `frame_index`, shown at `time` seconds."""
-
-    box: tuple[float, float, float, float]
-    frame_index: int
-    time: float
-
-    def __post_init__(self) -> None:
-        if len(self.box) != 4:
-            raise ValueError(f"BoxPrediction.box: expected 4 numbers xyxy, got {self.box!r}")
-        x1, y1, x2, y2 = (float(v) for v in self.box)
-        self.box = (x1, y1, x2, y2)
-
-    def to_json(self) -> dict[str, Any]:
-        """{'box': [x1, y1, x2, y2], 'frame_index', 'time'}."""
-        return {
-            "box": list(self.box),
-            "frame_index": int(self.frame_index),
-            "time": float(self.time),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BoxPrediction:
-        """Inverse of `to_json`."""
-        return cls(tuple(data["box"]), int(data["frame_index"]), float(data["time"]))
-
-
-@dataclass
-class MaskTrack:
-    """Masks of one object over frames: `masks` `[f, H, W]` bool at the video's resolution on
-    the video frames `frame_indices` `[f]` of a video at `fps`."""
-
-    masks: np.ndarray
-    frame_indices: np.ndarray
-    fps: float
-
-    def __post_init__(self) -> None:
-        self.masks = np.asarray(self.masks).astype(bool, copy=False)
-        self.frame_indices = np.asarray(self.frame_indices, dtype=np.int64).reshape(-1)
-        if self.masks.ndim != 3:
-            raise ValueError(f"MaskTrack.masks: expected [f, H, W], got shape {self.masks.shape}")
-        if len(self.frame_indices) != len(self.masks):
-            raise ValueError(
-                f"MaskTrack: expected one frame index per mask ({len(self.masks)}), "
-                f"got {len(self.frame_indices)}"
-            )
-
-    @property
-    def times(self) -> np.ndarray:
-        """`[f]` seconds of each mask's frame."""
-        return self.frame_indices / float(self.fps)
-
-    def to_rle(self) -> list[dict[str, Any]]:
-        """COCO RLE per frame: [{'size': [H, W], 'counts': str}]."""
-        if len(self.masks) == 0:
-            return []
-        stacked = np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8))
-        rles = mask_utils.encode(stacked)
-        return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
-
-    @classmethod
-    def from_rle(
-        cls,
-        rles: list[dict[str, Any]],
-        frame_indices: np.ndarray | list[int],
-        fps: float,
-        *,
-        size: tuple[int, int] | None = None,
-    ) -> MaskTrack:
-        """Decode per-frame COCO RLE (counts as str or bytes); `size` (H, W) shapes an empty track."""
-        if not rles:
-            h, w = size if size is not None else (0, 0)
-            return cls(np.zeros((0, h, w), bool), np.asarray(frame_indices), fps)
-        coded = []
-        for i, r in enumerate(rles):
-            if "size" not in r or "counts" not in r:
-                raise ValueError(f"MaskTrack.from_rle: rle {i} needs keys 'size' and 'counts'")
-            counts = r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]
-            coded.append({"size": list(r["size"]), "counts": counts})
-        masks = mask_utils.decode(coded).transpose(2, 0, 1).astype(bool)
-        return cls(masks, np.asarray(frame_indices), fps)
-
-    def to_json(self) -> dict[str, Any]:
-        """{'rle', 'frame_indices', 'fps', 'size'}."""
-        return {
-            "rle": self.to_rle(),
-            "frame_indices": [int(i) for i in self.frame_indices],
-            "fps": float(self.fps),
-            "size": [int(self.masks.shape[1]), int(self.masks.shape[2])],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MaskTrack:
-        """Inverse of `to_json`."""
-        size = tuple(data["size"]) if data.get("size") else None
-        return cls.from_rle(data["rle"], data["frame_indices"], data["fps"], size=size)
+__all__ = ["BoxPrediction", "EnsembleRecord", "GroundedAnswer", "MaskTrack", "TimeWindow"]
 
 
 @dataclass
 class EnsembleRecord:
-    """How a preference-ensemble answer was made (tpo.popen.ensemble_infer).
+    """How a preference-ensemble answer was made (tpo.infer.decoding.PreferenceEnsemble).
 
     k: responses sampled at `temperature` (`seed`); texts: their answers; scores: their
     preference scores (log gamma; `score` names the kind: "logp" or "dpo"); best: the
@@ -199,10 +82,11 @@ def _array(values: list[float] | None) -> np.ndarray | None:
 class GroundedAnswer:
     """An answer to one question about one video.
 
-    text: the reply; heads: heads that fired, in order (of HEAD_NAMES); windows: time spans;
+    text: the reply; heads: heads that fired (registered names), in order of first firing; windows: time spans;
     saliency: `[k]` per-frame score at `saliency_times` `[k]` seconds; boxes: per asked frame;
-    masks: the tracked object's masks; video/duration/fps: the source (path, seconds, rate);
-    ensemble: how a preference-ensemble answer was made (None: one greedy response).
+    masks: the tracked object's masks; outputs: other heads' parts, `{head: {field: JSON value}}`;
+    video/duration/fps: the source (path, seconds, rate); ensemble: how a preference-ensemble
+    answer was made (None: one response).
     """
 
     text: str
@@ -216,11 +100,13 @@ class GroundedAnswer:
     duration: float | None = None
     fps: float | None = None
     ensemble: EnsembleRecord | None = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [h for h in self.heads if h not in HEAD_NAMES]
-        if unknown:
-            raise ValueError(f"GroundedAnswer.heads: expected names in {HEAD_NAMES}, got {unknown}")
+        known = registry.names()
+        bad = [h for h in self.heads if h not in known]
+        if bad:
+            raise ValueError(f"GroundedAnswer.heads: expected registered heads {known}, got {bad}")
         if (self.saliency is None) != (self.saliency_times is None):
             raise ValueError("GroundedAnswer: saliency and saliency_times go together")
         if self.saliency is not None:
@@ -231,6 +117,19 @@ class GroundedAnswer:
                     f"GroundedAnswer: expected one time per saliency score ({len(self.saliency)}),"
                     f" got {len(self.saliency_times)}"
                 )
+
+    def add(self, head: str, part: dict[str, Any]) -> None:
+        """Merge one head's answer part: typed fields are extended (lists) or set (the rest);
+        any other key goes to `outputs[head]`."""
+        typed = {"windows", "saliency", "saliency_times", "boxes", "masks"}
+        for key, value in part.items():
+            if key not in typed:
+                self.outputs.setdefault(head, {})[key] = value
+            elif isinstance(getattr(self, key), list):
+                getattr(self, key).extend(value)
+            else:
+                setattr(self, key, value)
+        self.__post_init__()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (numbers as floats/ints, masks as RLE)."""
@@ -246,6 +145,7 @@ class GroundedAnswer:
             "duration": None if self.duration is None else float(self.duration),
             "fps": None if self.fps is None else float(self.fps),
             "ensemble": None if self.ensemble is None else self.ensemble.to_json(),
+            "outputs": {h: dict(v) for h, v in self.outputs.items()},
         }
 
     @classmethod
@@ -266,4 +166,5 @@ class GroundedAnswer:
             duration=data.get("duration"),
             fps=data.get("fps"),
             ensemble=None if ens is None else EnsembleRecord.from_json(ens),
+            outputs={h: dict(v) for h, v in (data.get("outputs") or {}).items()},
         )

@@ -1,8 +1,10 @@
-"""Builders: config dataclasses -> the MLLM parts -> MLLM (heads are built by tpo.heads)."""
+"""Builders: config dataclasses -> the MLLM parts -> MLLM (the whole model with its heads is
+built by `tpo.heads.build.build_model`)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 
@@ -10,7 +12,7 @@ from tpo.config.schema import ModelConfig
 from tpo.model.llm import build_llm
 from tpo.model.mllm import MLLM
 from tpo.model.prompt import PromptCollator
-from tpo.model.tokens import build_task_tokens, load_tokenizer
+from tpo.model.tokens import TaskPair, build_task_tokens, load_tokenizer
 
 
 def build_mllm(
@@ -18,14 +20,17 @@ def build_mllm(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     meta: bool = False,
+    *,
+    pairs: Sequence[TaskPair],
 ) -> MLLM:
-    """Vision encoder, connector, LLM (+LoRA, task tokens) from `cfg`; `meta=True` allocates no
-    memory (for counting parameters). Base LLM weights are frozen when LoRA is on."""
+    """Vision encoder, connector, LLM (+LoRA, task tokens of the heads' `pairs`, in head-index
+    order: `tpo.heads.registry.task_pairs()`) from `cfg`; `meta=True` allocates no memory (for
+    counting parameters). Base LLM weights are frozen when LoRA is on."""
     from tpo.model.connector import build_connector
     from tpo.model.vision import build_vision
 
-    tokenizer = load_tokenizer(cfg.llm)
-    llm = build_llm(cfg.llm, tokenizer, dtype=dtype, meta=meta)
+    tokenizer = load_tokenizer(cfg.llm, pairs)
+    llm = build_llm(cfg.llm, tokenizer, dtype=dtype, meta=meta, pairs=pairs)
     with torch.device("meta") if meta else contextlib.nullcontext():
         vision = build_vision(cfg.vision)
         connector = build_connector(cfg.connector, vision.width, llm.width)

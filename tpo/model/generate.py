@@ -1,6 +1,6 @@
 """Generation through HF `generate` (KV cache) with the visual tokens in `inputs_embeds`.
 
-When the model emits a begin token (`<time_begin>`, `<box_begin>`, `<track_begin>`), a logits
+When the model emits a head's begin token (e.g. `<time_begin>`), a logits
 processor forces the matching content token next, so the sequence is the same
 "begin, content" pair the training forward sees (the official inference fed the content
 embedding in place of the begin token: a train/infer mismatch not copied here). The content
@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from tpo.model.mllm import TaskQueries
+from tpo.model.queries import TaskQueries
 
 if TYPE_CHECKING:
-    from tpo.model.mllm import MLLM
     from tpo.model.vision import VisionOutput
 
 
@@ -33,7 +32,7 @@ class ForceContentToken(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] == 0:
             return scores
-        match = input_ids[:, -1:] == self.begin.to(input_ids.device)  # [b, 3]
+        match = input_ids[:, -1:] == self.begin.to(input_ids.device)  # [b, n_heads]
         forced = match.any(-1)
         target = (match.long() * self.content.to(input_ids.device)).sum(-1)  # [b]
         only = torch.full_like(scores, float("-inf")).scatter(1, target[:, None], 0.0)
@@ -59,7 +58,7 @@ class GenerationOutput(TaskQueries):
 
 @torch.no_grad()
 def generate(
-    model: MLLM,
+    model,
     frames: torch.Tensor | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -71,7 +70,8 @@ def generate(
     instruction_mask: torch.Tensor | None = None,
     **gen_kwargs,
 ) -> GenerationOutput:
-    """Answer left-padded prompts (PromptCollator.prompts): frames [b, f, 3, H, W] or None,
+    """Answer left-padded prompts (PromptCollator.prompts) with `model` (a `tpo.model.mllm.MLLM`,
+    untyped here: mllm imports this module): frames [b, f, 3, H, W] or None,
     input_ids/attention_mask [b, s]. Greedy unless do_sample; extra kwargs go to HF generate."""
     vision_out, visual = None, None
     if frames is not None:

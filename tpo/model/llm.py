@@ -11,13 +11,14 @@ the same trainable rows.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tpo.config.model import LLMConfig
-from tpo.model.tokens import TaskTokenIds
+from tpo.model.tokens import TaskPair, TaskTokenIds
 
 
 class LanguageModel(nn.Module):
@@ -124,13 +125,18 @@ def build_base_model(
 
 
 def build_llm(
-    cfg: LLMConfig, tokenizer, dtype: torch.dtype | None = None, meta: bool = False
+    cfg: LLMConfig,
+    tokenizer,
+    dtype: torch.dtype | None = None,
+    meta: bool = False,
+    pairs: Sequence[TaskPair] = (),
 ) -> LanguageModel:
     """Base model + task tokens (mean-initialised rows) + LoRA from `cfg.lora`.
 
-    The tokenizer must already hold the task tokens (tpo.model.tokens.load_tokenizer).
+    The tokenizer must already hold the task tokens (tpo.model.tokens.load_tokenizer); `pairs`
+    are the heads' task pairs, in head-index order (none: an LLM without heads).
     """
-    ids = TaskTokenIds.from_tokenizer(tokenizer)
+    ids = TaskTokenIds.from_tokenizer(tokenizer, pairs)
     first_new = min(ids.all)
     model = build_base_model(cfg, vocab_size=first_new, dtype=dtype, meta=meta)
     rows = model.get_input_embeddings().weight.shape[0]

@@ -14,35 +14,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from tpo.model.generate import GenerationOutput, generate
 from tpo.model.llm import LanguageModel
 from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID
-from tpo.model.tokens import HEADS, TaskTokens
+from tpo.model.queries import TaskQueries
+from tpo.model.tokens import TaskTokens
 
 if TYPE_CHECKING:
     from tpo.model.vision import VisionOutput
 
-__all__ = ["HEADS", "MLLM", "MLLMOutput", "TaskQueries", "label_positions", "position_ids"]
-
-
-class TaskQueries:
-    """Mixin for outputs holding head queries: task_hidden [n, d], task_head [n], task_sample [n]."""
-
-    task_hidden: torch.Tensor
-    task_head: torch.Tensor
-    task_sample: torch.Tensor
-
-    def per_sample(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """For each sample i: (hidden [k_i, d], head [k_i]) in sequence order."""
-        return [
-            (self.task_hidden[self.task_sample == i], self.task_head[self.task_sample == i])
-            for i in range(batch_size)
-        ]
-
-    def for_head(self, head: str | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries of one head (name in HEADS or index): (hidden [m, d], sample [m])."""
-        index = HEADS.index(head) if isinstance(head, str) else head
-        sel = self.task_head == index
-        return self.task_hidden[sel], self.task_sample[sel]
+__all__ = ["MLLM", "MLLMOutput", "TaskQueries", "label_positions", "position_ids"]
 
 
 @dataclass
@@ -54,7 +35,7 @@ class MLLMOutput(TaskQueries):
     vision: the encoder output (patches [b, f*p, d_v], frames [b, f, d_v]) or None (no frames).
     visual: the connector's visual tokens [b, q, d_llm] or None (no frames).
     task_hidden: [n, d_llm] last-layer hidden state at each content token, batch-major and in
-        sequence order within a sample; task_head: [n] long (index into HEADS);
+        sequence order within a sample; task_head: [n] long (head index, `TaskTokens.names`);
     task_sample: [n] long batch row of each.
     """
 
@@ -202,10 +183,10 @@ class MLLM(nn.Module):
             task_sample=sel.nonzero()[:, 0],
         )
 
-    def generate(self, frames: torch.Tensor | None, input_ids, attention_mask, **kwargs):
+    def generate(
+        self, frames: torch.Tensor | None, input_ids, attention_mask, **kwargs
+    ) -> GenerationOutput:
         """Greedy (by default) generation with head-query capture; see tpo.model.generate."""
-        from tpo.model.generate import generate
-
         return generate(self, frames, input_ids, attention_mask, **kwargs)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -1,14 +1,17 @@
-"""Tokenizer loading, the 7 task tokens of the official release, and their learned embeddings.
+"""Tokenizer loading, the task tokens, and their learned embeddings.
 
-Task pairs in answers: `<time_begin><temp>` (temporal head), `<box_begin><boxes>` (region head),
-`<track_begin><tracking>` (mask head). The input embeddings of the content tokens
-(`<temp> <boxes> <tracking>`) are learned vectors, and each `<track_box>` in a prompt takes the
-embedding of a user-given box through a small MLP.
+A task pair in an answer, `<begin><content>`, routes to one head; the heads declare their pairs
+(`tpo.heads.registry`) and the model receives them as `TaskPair`s, in head-index order. The
+tokenizer always holds the 7 task tokens of the official release first (their ids must match
+the published checkpoint), then any other head's tokens. The input embeddings of the content
+tokens are learned vectors, and each `<track_box>` in a prompt takes the embedding of a
+user-given box through a small MLP.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,34 +31,52 @@ TASK_TOKENS = (
     "<tracking>",
     "<track_box>",
 )
-HEADS = ("temporal", "region", "mask")  # head index 0, 1, 2 of a content token
-BEGIN_TOKENS = ("<time_begin>", "<box_begin>", "<track_begin>")  # in HEADS order
-CONTENT_TOKENS = ("<temp>", "<boxes>", "<tracking>")  # in HEADS order
 TRACK_BOX = "<track_box>"
 MISTRAL_COMMON = "mistral-common"
 
 
 @dataclass(frozen=True)
-class TaskTokenIds:
-    """Token ids of the task tokens in one tokenizer."""
+class TaskPair:
+    """The task tokens of one head: `name` (the head's), `begin` and `content` token strings."""
 
-    all: tuple[int, ...]  # the 7 ids in TASK_TOKENS order
-    begin: tuple[int, int, int]  # <time_begin> <box_begin> <track_begin> (HEADS order)
-    content: tuple[int, int, int]  # <temp> <boxes> <tracking> (HEADS order)
+    name: str
+    begin: str
+    content: str
+
+
+def pair_tokens(pairs: Sequence[TaskPair]) -> tuple[str, ...]:
+    """Every task token: the official 7 (in their order), then the pairs' other tokens."""
+    extra = [t for p in pairs for t in (p.begin, p.content) if t not in TASK_TOKENS]
+    return TASK_TOKENS + tuple(dict.fromkeys(extra))
+
+
+@dataclass(frozen=True)
+class TaskTokenIds:
+    """Token ids of the task tokens in one tokenizer; begin / content in head-index order."""
+
+    all: tuple[int, ...]  # every task token (pair_tokens order)
+    begin: tuple[int, ...]
+    content: tuple[int, ...]
     track_box: int
+    names: tuple[str, ...] = ()  # the head of each pair
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> TaskTokenIds:
+    def from_tokenizer(cls, tokenizer, pairs: Sequence[TaskPair] = ()) -> TaskTokenIds:
         """Look the task tokens up; raises if the tokenizer lacks them (see add_task_tokens)."""
         vocab = tokenizer.get_vocab()
-        missing = [t for t in TASK_TOKENS if t not in vocab]
+        tokens = pair_tokens(pairs)
+        missing = [t for t in tokens if t not in vocab]
         if missing:
             raise ValueError(f"tokenizer lacks task tokens {missing}; call add_task_tokens first")
+        names = [p.name for p in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task pairs: head names must be unique, got {names}")
         return cls(
-            all=tuple(vocab[t] for t in TASK_TOKENS),
-            begin=tuple(vocab[t] for t in BEGIN_TOKENS),  # type: ignore[arg-type]
-            content=tuple(vocab[t] for t in CONTENT_TOKENS),  # type: ignore[arg-type]
+            all=tuple(vocab[t] for t in tokens),
+            begin=tuple(vocab[p.begin] for p in pairs),
+            content=tuple(vocab[p.content] for p in pairs),
             track_box=vocab[TRACK_BOX],
+            names=tuple(names),
         )
 
 
@@ -84,17 +105,19 @@ def mistral_tokenizer():
     return LlamaTokenizer(**kwargs)
 
 
-def add_task_tokens(tokenizer) -> int:
-    """Add the 7 task tokens as special tokens, in the official order; returns how many were new."""
+def add_task_tokens(tokenizer, pairs: Sequence[TaskPair] = ()) -> int:
+    """Add the task tokens (`pair_tokens(pairs)`) as special tokens, the official 7 first;
+    returns how many were new."""
     present = set(tokenizer.get_vocab())
-    new = [t for t in TASK_TOKENS if t not in present]
+    new = [t for t in pair_tokens(pairs) if t not in present]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)
     return len(new)
 
 
-def load_tokenizer(cfg: LLMConfig):
-    """The LLM's tokenizer with the task tokens added and a pad token set. Local files only."""
+def load_tokenizer(cfg: LLMConfig, pairs: Sequence[TaskPair] = ()):
+    """The LLM's tokenizer with the task tokens (of `pairs` too) added and a pad token set.
+    Local files only."""
     if cfg.tokenizer == MISTRAL_COMMON:
         tokenizer = mistral_tokenizer()
     else:
@@ -107,7 +130,7 @@ def load_tokenizer(cfg: LLMConfig):
                 "(for build/assets/smollm2 run `make assets`)"
             )
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    add_task_tokens(tokenizer)
+    add_task_tokens(tokenizer, pairs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if tokenizer.eos_token is None:
@@ -129,17 +152,29 @@ class TaskTokens(nn.Module):
         super().__init__()
         self.ids = ids
         self.register_buffer("content_ids", torch.tensor(ids.content), persistent=False)
+        n = len(ids.content)
         start = (
-            init.detach().expand(3, width).clone() if init is not None else torch.zeros(3, width)
+            init.detach().expand(n, width).clone() if init is not None else torch.zeros(n, width)
         )
-        self.content = nn.Parameter(start)  # [3, d_llm]: <temp> <boxes> <tracking>
+        self.content = nn.Parameter(start)  # [n_heads, d_llm]: one per content token
         self.box_encoder = nn.Sequential(
             nn.Linear(4, box_hidden), nn.ReLU(), nn.Linear(box_hidden, width)
         )
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The head of each content token, by head index."""
+        return self.ids.names
+
+    def index(self, name: str) -> int:
+        """Head index of head `name` (the position of its task pair)."""
+        if name not in self.ids.names:
+            raise KeyError(f"no task tokens for head {name!r}; heads: {list(self.ids.names)}")
+        return self.ids.names.index(name)
+
     def head_index(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[b, s] long: the head (0 temporal, 1 region, 2 mask) of each content token, else -1."""
-        match = input_ids.unsqueeze(-1) == self.content_ids  # [b, s, 3]
+        """[b, s] long: the head index of each content token, else -1."""
+        match = input_ids.unsqueeze(-1) == self.content_ids  # [b, s, n_heads]
         return torch.where(match.any(-1), match.long().argmax(-1), -1)
 
     def forward(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,25 @@
-"""The whole model for training: the MLLM, its heads and the multi-task criterion.
+"""The whole model: the MLLM and its task heads; and its training form with the criterion.
 
-`TPOModel(mllm, heads, criterion)` routes each content-token query to its head with the
-inputs that head needs, and sums LM and head losses. Built by `tpo.train.builders`.
+`TPOModel(mllm, heads)` is the same model for training and inference (built by
+`tpo.heads.build.build_model`); its `forward(batch)` routes each content-token query to its
+head (the `TaskHead` protocol, `tpo.model.task_head`) and returns the heads' outputs with their
+targets. `TPOTrainModel` adds the criterion and the stage's loss switches (built beside the
+model for training only, as DETR keeps `SetCriterion` apart), with the same parameter names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import nn
 
-from tpo.model.mllm import HEADS, MLLM
+from tpo.model.mllm import MLLM, MLLMOutput
 from tpo.model.prompt import VISUAL_TOKEN_ID
 from tpo.model.sharding import zero_through_all
+from tpo.model.task_head import HeadQueries, HeadSample, TaskHead
 
 
 @dataclass
@@ -21,8 +27,8 @@ class TrainBatch:
     """A collated training batch.
 
     frames `[b, f, 3, H, W]` normalised; input_ids / attention_mask / labels `[b, s]`;
-    targets: per sample a dict keyed by head name ("temporal", "region", "mask") holding that
-    head's targets (a sample's content tokens without targets train only the LM);
+    targets: per sample a dict keyed by head name holding that head's targets (a sample's
+    content tokens without targets train only the LM);
     temporal: per sample with temporal targets, `feats [t, d]`-ready inputs are computed by the
     model from `videos[i]` (path) and `durations[i]` s / `clip_starts[i]` s;
     box_frames `[b]` long: position in f of the frame a region question asks about (-1: none);
@@ -62,35 +68,37 @@ class TrainBatch:
         return TrainBatch(**moved)
 
 
-class TPOModel(nn.Module):
-    """MLLM + heads + criterion; `forward(batch)` returns the total loss and named losses.
+@dataclass
+class TPOOutput:
+    """The training forward's outputs: the MLLM's (`mllm`), and per head that had queries with
+    targets its output (`head_outputs[name]`) and one target dict per query (`head_targets`)."""
 
-    `lm_weight` 0 skips the LM loss (stage 2); `head_losses` False skips the heads (stage 1).
-    `temporal_features(video, duration) -> (feats [t, d], timestamps [t])` gives the temporal
-    head's per-frame features (a `tpo.heads.temporal_features.FrameFeatureCache`).
-    `alignment` (a `tpo.model.alignment.VideoTextAlignment`) adds `align_weight` x its
-    video-text contrastive loss, for a vision side that starts random.
+    mllm: MLLMOutput
+    head_outputs: dict[str, Any] = field(default_factory=dict)
+    head_targets: dict[str, list[dict]] = field(default_factory=dict)
+
+
+class TPOModel(nn.Module):
+    """MLLM + task heads (`TaskHead`s by name); the same model serves training and inference.
+
+    `temporal_features(video, duration) -> (feats [t, d], timestamps [t])` gives per-frame
+    features of a video (a `tpo.heads.temporal_features.FrameFeatureCache`), offered to the heads
+    through `HeadSample.frame_features`.
     """
 
     def __init__(
         self,
         mllm: MLLM,
-        heads: dict[str, nn.Module],
-        criterion: nn.Module,
+        heads: Mapping[str, TaskHead],
         *,
-        temporal_features=None,
-        lm_weight: float = 1.0,
-        head_losses: bool = True,
-        alignment: nn.Module | None = None,
-        align_weight: float = 0.0,
+        temporal_features: Callable[[str, float], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.mllm = mllm
-        self.heads = nn.ModuleDict(heads)
-        self.criterion = criterion
+        self.heads = nn.ModuleDict(dict(heads))
         self.temporal_features = temporal_features
-        self.lm_weight, self.head_losses = lm_weight, head_losses
-        self.alignment, self.align_weight = alignment, align_weight
+        for name in heads:
+            mllm.task_tokens.index(name)  # every head has its task tokens
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """The MLLM's groups plus one group per head."""
@@ -99,72 +107,115 @@ class TPOModel(nn.Module):
             groups.update(head.trainable_groups())
         return groups
 
-    def _temporal(self, batch: TrainBatch, hidden: torch.Tensor, samples: list[int]):
-        feats, stamps, durs, masks = [], [], [], []
-        for i in samples:
-            f, ts = self.temporal_features(
-                batch.videos[i], batch.durations[i] + batch.clip_starts[i]
+    def frame_features(self, batch: TrainBatch, i: int):
+        """Per-frame features of row `i`'s clip, `() -> (feats [t, d], times [t] s of the clip)`.
+
+        The one place the training forward gathers temporal features (from the video file)."""
+        if self.temporal_features is None or i >= len(batch.videos):
+            return None
+        video, start, dur = batch.videos[i], batch.clip_starts[i], batch.durations[i]
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            feats, stamps = self.temporal_features(video, dur + start)
+            return feats, stamps - start
+
+        return compute
+
+    def head_samples(self, batch: TrainBatch) -> list[HeadSample]:
+        """The HeadSample of each row of a training batch."""
+        box = None if batch.box_frames is None else batch.box_frames.cpu().clamp(min=0).tolist()
+        return [
+            HeadSample(
+                duration=batch.durations[i] if i < len(batch.durations) else 0.0,
+                clip_start=batch.clip_starts[i] if i < len(batch.clip_starts) else 0.0,
+                video=batch.videos[i] if i < len(batch.videos) else None,
+                asked_frame=None if box is None else int(box[i]),
+                frame_features=self.frame_features(batch, i),
+                mask_frames=batch.mask_frames[i] if i < len(batch.mask_frames) else None,
             )
-            ts = ts - batch.clip_starts[i]
-            feats.append(f)
-            stamps.append(ts)
-            masks.append((ts >= 0) & (ts <= batch.durations[i]))
-            durs.append(batch.durations[i])
-        t = max(len(ts) for ts in stamps)
-        device = hidden.device
+            for i in range(len(batch))
+        ]
 
-        def pad(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-            extra = t - x.shape[0]
-            return torch.cat([x, x.new_full((extra, *x.shape[1:]), value)]) if extra else x
+    def route(self, out, samples: list[HeadSample], targets: list[dict] | None = None):
+        """`{name: (HeadQueries, targets of each query)}` for the heads with queries in `out` (an
+        MLLMOutput or GenerationOutput); with `targets` (per row), only queries whose row has
+        targets for that head, else every query."""
+        routed = {}
+        for name in self.heads:
+            index = self.mllm.task_tokens.index(name)
+            sel = (out.task_head == index).nonzero()[:, 0].tolist()
+            rows = [int(out.task_sample[k]) for k in sel]
+            if targets is not None:
+                keep = [j for j, r in enumerate(rows) if name in targets[r]]
+                sel, rows = [sel[j] for j in keep], [rows[j] for j in keep]
+            if not sel:
+                continue
+            idx = torch.tensor(sel, device=out.task_hidden.device)
+            queries = HeadQueries(
+                out.task_hidden[idx], rows, [samples[r] for r in rows], out.vision
+            )
+            routed[name] = (queries, None if targets is None else [targets[r][name] for r in rows])
+        return routed
 
-        feats_t = torch.stack([pad(f) for f in feats]).to(device)
-        stamps_t = torch.stack([pad(s) for s in stamps]).to(device)
-        mask_t = torch.stack([pad(m, False) for m in masks]).to(device)
-        out = self.heads["temporal"](
-            hidden, feats_t, stamps_t, torch.tensor(durs, device=device), mask_t
-        )
-        return out, stamps
-
-    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        """Total loss under "loss" plus every named loss (for logging)."""
-        use_lm = self.lm_weight > 0
+    def forward(self, batch: TrainBatch, *, lm_loss: bool = True, heads: bool = True) -> TPOOutput:
+        """The MLLM on `batch` (its LM loss when `lm_loss`) and, when `heads`, every head on its
+        queries that have targets."""
         out = self.mllm(
             batch.frames,
             batch.input_ids,
             batch.attention_mask,
-            labels=batch.labels if use_lm else None,
+            labels=batch.labels if lm_loss else None,
         )
-        head_outputs, targets, kept = {}, [], []
-        if self.head_losses:
-            for h, name in enumerate(HEADS):
-                if name not in self.heads:
-                    continue
-                sel = (out.task_head == h).nonzero()[:, 0]
-                sel = [int(k) for k in sel if name in batch.targets[int(out.task_sample[k])]]
-                if not sel:
-                    continue
-                idx = torch.tensor(sel, device=out.task_hidden.device)
-                hidden = out.task_hidden[idx]
-                samples = [int(out.task_sample[k]) for k in sel]
-                tg = [batch.targets[i][name] for i in samples]
-                if name == "temporal":
-                    head_outputs[name], stamps = self._temporal(batch, hidden, samples)
-                    tg = [_saliency_on(t, s) for t, s in zip(tg, stamps)]
-                elif name == "region":
-                    head_outputs[name] = self.heads[name](
-                        hidden, _frame_patches(out, batch, samples)
-                    )
-                else:
-                    frames = [batch.mask_frames[i] for i in samples]
-                    head_outputs[name] = self.heads[name](
-                        hidden, frames, [batch.videos[i] for i in samples]
-                    )
-                targets.extend(tg)
-                kept.extend([h] * len(sel))
-        # targets were gathered head by head, in the order the criterion routes them
+        result = TPOOutput(out)
+        if not heads:
+            return result
+        routed = self.route(out, self.head_samples(batch), batch.targets)
+        for name, (queries, targets) in routed.items():
+            head = self.heads[name]
+            inputs = head.gather(queries)
+            result.head_outputs[name] = head.run(queries.hidden, inputs)
+            result.head_targets[name] = head.prepare_targets(targets, inputs)
+        return result
+
+
+class TPOTrainModel(TPOModel):
+    """TPOModel + criterion; `forward(batch)` returns the total loss and named losses.
+
+    `lm_weight` 0 skips the LM loss (stage 2); `head_losses` False skips the heads (stage 1).
+    `alignment` (a `tpo.model.alignment.VideoTextAlignment`) adds `align_weight` x its
+    video-text contrastive loss, for a vision side that starts random. Parameter names are the
+    TPOModel's (the criterion's buffers are not exported).
+    """
+
+    def __init__(
+        self,
+        mllm: MLLM,
+        heads: Mapping[str, TaskHead],
+        criterion: nn.Module,
+        *,
+        temporal_features=None,
+        lm_weight: float = 1.0,
+        head_losses: bool = True,
+        alignment: nn.Module | None = None,
+        align_weight: float = 0.0,
+    ) -> None:
+        super().__init__(mllm, heads, temporal_features=temporal_features)
+        self.criterion = criterion
+        self.lm_weight, self.head_losses = lm_weight, head_losses
+        self.alignment, self.align_weight = alignment, align_weight
+
+    def forward(self, batch: TrainBatch) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Total loss under "loss" plus every named loss (for logging)."""
+        use_lm = self.lm_weight > 0
+        res = super().forward(batch, lm_loss=use_lm, heads=self.head_losses)
+        out = res.mllm
+        targets, kept = [], []
+        for name, tg in res.head_targets.items():  # in head order, as the criterion routes them
+            targets.extend(tg)
+            kept.extend([self.mllm.task_tokens.index(name)] * len(tg))
         task_head = torch.tensor(kept, dtype=torch.long, device=batch.input_ids.device)
         total, losses = self.criterion(
-            head_outputs,
+            res.head_outputs,
             targets,
             task_head,
             lm_loss=out.loss if use_lm else None,
@@ -178,20 +229,3 @@ class TPOModel(nn.Module):
         # every trainable parameter joins the graph (a zero gradient when unused this step)
         total = total + zero_through_all(self)
         return {"loss": total, **{f"loss/{k}": v.detach() for k, v in losses.items()}}
-
-
-def _frame_patches(out, batch: TrainBatch, samples: list[int]) -> torch.Tensor | None:
-    """Patches of the asked frame of each region sample `[m, p, d_v]`."""
-    if out.vision is None or batch.box_frames is None:
-        return None
-    rows = torch.tensor(samples)
-    return out.vision.frame_patches(rows, batch.box_frames.cpu()[rows].clamp(min=0))
-
-
-def _saliency_on(target: dict, stamps: torch.Tensor) -> dict:
-    """Map per-2-s-clip saliency scores onto the head's feature timestamps."""
-    if target.get("saliency") is None:
-        return target
-    clips = target["saliency"]
-    idx = (stamps.clamp(min=0) // 2).long().clamp(max=len(clips) - 1).to(clips.device)
-    return {**target, "saliency": clips[idx]}

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from tpo.data.dataset import Sample
 from tpo.eval.runner_io import JsonlLog
+from tpo.heads.mask import MaskHead
 from tpo.model.prompt import PromptCollator
 from tpo.model.tpo_model import TPOModel, TrainBatch
 from tpo.popen.collect_text import collect_textual, corrupt_answer, is_text_answer
@@ -134,7 +135,7 @@ def _tracking_rows(model: TPOModel, frames: torch.Tensor, batch: TrainBatch) -> 
         batch.input_ids.expand(m, -1).to(p.device),
         batch.attention_mask.expand(m, -1).to(p.device),
     )
-    hidden, rows = out.for_head("mask")
+    hidden, rows = out.for_head(model.mllm.task_tokens.index(MaskHead.name))
     first = [int((rows == r).nonzero()[0, 0]) for r in range(m) if bool((rows == r).any())]
     if len(first) != m:
         raise ValueError("the answer holds no <tracking> token")
@@ -166,7 +167,7 @@ def _score(
     indices = sample.indices[pick.numpy()]
     frames = open_source(sample.record.video).read(indices)  # uint8 [k, 3, H0, W0]
     gt = sample.masks[pick]
-    head = model.heads["mask"]
+    head = model.heads[MaskHead.name]
     p = next(head.parameters())
     keys = [frame_key(sample.record.video, f, int(i)) for f, i in zip(frames, indices)]
     feats = head.backend.image_features(frames, keys)
@@ -251,7 +252,7 @@ def collect_segmentation(
     """
     if n < 1:
         raise ValueError(f"collect_segmentation: n must be >= 1, got {n}")
-    if "mask" not in model.heads:
+    if MaskHead.name not in model.heads:
         raise ValueError("collect_segmentation: the model has no mask head")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

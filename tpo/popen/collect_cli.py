@@ -24,6 +24,7 @@ from tpo.data.manifest import load_manifest, load_records
 from tpo.data.records import AnnotationError
 from tpo.data.video import VideoError
 from tpo.eval.runner_io import JsonlLog
+from tpo.infer.load import load_inference_model
 from tpo.model.build import build_collator
 from tpo.popen.collect import (
     INDEX_FILE,
@@ -32,7 +33,6 @@ from tpo.popen.collect import (
     is_text_answer,
     sample_id,
 )
-from tpo.train.export import load_inference_model
 
 log = logging.getLogger(__name__)
 

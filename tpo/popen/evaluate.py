@@ -1,10 +1,10 @@
 """`tpo popen evaluate`: mask quality of checkpoints with and without the preference ensemble.
 
 For each checkpoint, the MeViS runner (`tpo.eval.runners.run_benchmark`) runs twice on the
-split: "greedy" (one greedy response: the runner's own predictor) and "ensemble K=k" (the same
-predictor whose generation is the POPEN ensemble of tpo.popen.ensemble_infer: the answer is the
+split: "greedy" (the one predictor with its greedy decoding) and "ensemble K=k" (the same
+predictor handed the `tpo.infer.ensemble.PreferenceEnsemble` strategy: the answer is the
 best-scored of k sampled responses, the mask query the preference-attention combination of
-their `<tracking>` embeddings). Each setting reports the MeViS J&F, J and F (the runner's
+their `<tracking>` embeddings). Masks are SAM2's propagation through the annotated frames. Each setting reports the MeViS J&F, J and F (the runner's
 scorer, tpo.eval.video_masks) and gIoU / cIoU (tpo.eval.image_masks), where every (expression,
 frame) counts as one image mask against the union of the expression's objects.
 
@@ -22,49 +22,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from tpo.popen.ensemble_infer import EnsembleOptions, default_k, ensemble_answers
+from tpo.infer.ensemble import EnsembleOptions, PreferenceEnsemble, default_k
 
 COLUMNS = ("J&F", "J", "F", "gIoU", "cIoU")
 GREEDY = "greedy"
-
-
-class _EnsembleMLLM:
-    """An MLLM whose `generate` is the preference ensemble; everything else is the MLLM's."""
-
-    def __init__(self, mllm, opts: EnsembleOptions) -> None:
-        self._mllm, self.opts, self.calls = mllm, opts, 0
-        self.records: list = []
-
-    def __getattr__(self, name: str):
-        return getattr(self._mllm, name)
-
-    def generate(self, frames, input_ids, attention_mask, max_new_tokens: int = 64, **_):
-        """The ensemble's answers (seed + call number: reproducible, yet new draws per batch)."""
-        seed = None if self.opts.seed is None else self.opts.seed + self.calls
-        opts = replace(self.opts, seed=seed)
-        self.calls += 1
-        gen, recs = ensemble_answers(
-            self._mllm, frames, input_ids, attention_mask, opts, max_new_tokens
-        )
-        self.records.extend(recs)
-        return gen
-
-
-class EnsembleModel:
-    """A TPOModel as `tpo.infer.predict.predict` sees it, generating with the ensemble
-    (`predict` takes a model, not a generation function: this view swaps only `mllm.generate`)."""
-
-    def __init__(self, model, opts: EnsembleOptions) -> None:
-        self._model = model
-        self.mllm = _EnsembleMLLM(model.mllm, opts)
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
 
 
 def mask_ious(annotations: Path, masks: Path, done: dict[str, dict]) -> dict[str, float]:
@@ -106,7 +71,8 @@ def checkpoint_tag(index: int, folder: Path) -> str:
 
 
 def evaluate_setting(predictor, annotations: Path, videos: Path, out: Path, **kwargs) -> dict:
-    """One MeViS run (resumable) -> {n, no_head, J&F, J, F, gIoU, cIoU (fractions), ...}."""
+    """One MeViS run (resumable) -> {n, no_head, J&F, J, F, gIoU, cIoU (fractions), ...};
+    `kwargs` go to `run_benchmark` (e.g. `decoding`)."""
     from tpo.eval.runner_io import JsonlLog
     from tpo.eval.runners import BENCHMARKS, run_benchmark
 
@@ -137,7 +103,7 @@ def evaluate(
     writes OUT/metrics.json and OUT/table.md."""
     from tpo.config import TPOConfig, load_config
     from tpo.eval.runner_io import write_json_atomic, write_text_atomic
-    from tpo.eval.runners import ModelPredictor
+    from tpo.eval.runners import load_predictor
 
     annotations, videos, out = Path(annotations), Path(videos), Path(out)
     rows: list[dict] = []
@@ -148,23 +114,17 @@ def evaluate(
         cfg = load_config(TPOConfig, [folder / "config.yaml"])
         k = ensemble or default_k(cfg)
         opts = EnsembleOptions(k, temperature, score, beta=cfg.popen.beta_t, seed=seed)
-        greedy = ModelPredictor.from_checkpoint(folder, device=device)
-        ens = ModelPredictor(
-            EnsembleModel(greedy.model, opts),
-            greedy.collator,
-            greedy.num_frames,
-            greedy.img_size,
-            greedy.max_new_tokens,
-        )
+        predictor = load_predictor(folder, device=device)
+        ens = PreferenceEnsemble(opts, new_draws=True)  # seed + batch number
         tag = checkpoint_tag(index, folder)
-        settings = ((GREEDY, GREEDY, greedy, 1), (f"ensemble K={k}", f"ensemble_k{k}", ens, k))
-        for setting, name, predictor, kk in settings:
+        settings = ((GREEDY, GREEDY, None, 1), (f"ensemble K={k}", f"ensemble_k{k}", ens, k))
+        for setting, name, decoding, kk in settings:
             row = evaluate_setting(
                 predictor, annotations, videos, out / tag / name, limit=limit,
-                batch_size=batch_size, checkpoint=str(folder),
+                batch_size=batch_size, checkpoint=str(folder), decoding=decoding,
             )  # fmt: skip
             row = {"checkpoint": str(folder), "setting": setting, "k": kk, **row}
-            recs = predictor.model.mllm.records if predictor is ens else []
+            recs = decoding.records if decoding is not None else []
             if recs:  # how many of the K responses said <tracking> (items predicted this run)
                 row["mean_tracking_responses"] = float(np.mean([sum(r.used) for r in recs]))
             rows.append(row)

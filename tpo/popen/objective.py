@@ -16,7 +16,7 @@ from torch import nn
 
 from tpo.config.popen import PopenConfig
 from tpo.config.schema import TPOConfig
-from tpo.model.mllm import HEADS
+from tpo.heads.mask import MaskHead
 from tpo.model.sharding import zero_through_all
 from tpo.model.tpo_model import TPOModel
 from tpo.popen.data import PopenBatch
@@ -29,8 +29,6 @@ from tpo.train.checkpoint import load_trained_weights
 from tpo.train.engine import resolve_init
 
 log = logging.getLogger(__name__)
-
-MASK_HEAD = HEADS.index("mask")
 
 
 class PopenObjective(nn.Module):
@@ -103,7 +101,7 @@ class PopenObjective(nn.Module):
         """The first `<tracking>` last-layer hidden state of each clean row, with gradient:
         `[u, d_llm]` (u = rows of the clean batch)."""
         out = self.tpo.mllm(seg.frames, seg.input_ids, seg.attention_mask)
-        sel = out.task_head == MASK_HEAD
+        sel = out.task_head == self.tpo.mllm.task_tokens.index(MaskHead.name)
         hidden, rows = out.task_hidden[sel], out.task_sample[sel]
         first = torch.full((seg.input_ids.shape[0],), -1, dtype=torch.long, device=rows.device)
         order = torch.arange(len(rows), device=rows.device)

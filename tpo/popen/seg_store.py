@@ -51,7 +51,7 @@ class SegPreference:
     `batch = clean_batch(prefs, records, collator, img_size=cfg.model.vision.img_size)` with the
     model's collator (`tpo.model.build.build_collator`) gives a `TrainBatch` whose row i is
     prefs[i]'s prompt + answer on its clean frames; `model.mllm(batch.frames, batch.input_ids,
-    batch.attention_mask).for_head("mask")` yields h, one row per preference (in order).
+    batch.attention_mask).for_head(mask_index)` yields h, one row per preference (in order).
     """
 
     id: str

@@ -1,7 +1,8 @@
 """Inference folders: `config.yaml` + `model.safetensors` (every weight), LoRA merged or not.
 
 An inference folder does not depend on seeds or on the checkpoint chain: it holds every
-parameter of the MLLM and its heads. With `merge_lora`, the adapters are folded into the LLM
+parameter of the MLLM and its heads; `tpo.infer.load.load_inference_model` (and `tpo.load`)
+read it back. With `merge_lora`, the adapters are folded into the LLM
 weights (peft `merge_and_unload`) and the stored config says `model.llm.lora.enabled: false`.
 """
 
@@ -15,22 +16,21 @@ import torch
 from safetensors.torch import save_file
 
 from tpo.config import TPOConfig, load_config, to_yaml
+from tpo.heads.build import build_model
 from tpo.train.checkpoint import load_trained_weights
 
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = "model.safetensors"  # read back by tpo.infer.load.load_inference_model
 INFERENCE_FILES = {MODEL_FILE, "config.yaml"}
 
 
 def load_checkpoint_model(ckpt: str | Path):
-    """Rebuild the TPOModel of a training checkpoint folder and load its trained weights."""
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
-
+    """Rebuild the TPOModel of a training checkpoint folder (`build_model`, no stage) and load
+    its trained weights (checking the base parameters' fingerprint)."""
     ckpt = Path(ckpt)
     if not (ckpt / "config.yaml").is_file():
         raise FileNotFoundError(f"{ckpt} is not a tpo checkpoint: no config.yaml inside it")
     cfg = load_config(TPOConfig, [ckpt / "config.yaml"])
-    model = build_train_model(cfg, get_stage(cfg.train.stage))
+    model = build_model(cfg.model)
     load_trained_weights(model, ckpt)
     return cfg, model
 
@@ -77,42 +77,3 @@ def save_inference_folder(model: torch.nn.Module, cfg: TPOConfig, out: str | Pat
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def load_inference_model(
-    folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
-):
-    """The TPOModel of an inference folder (or of a training checkpoint folder)."""
-    from safetensors.torch import load_file
-
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
-
-    folder = Path(folder)
-    if not (folder / MODEL_FILE).is_file():
-        if (folder / "state.json").is_file():
-            return load_checkpoint_model(folder)[1].to(device, dtype).eval()
-        raise FileNotFoundError(
-            f"{folder} is neither an inference folder ({MODEL_FILE} + config.yaml) nor a "
-            "training checkpoint (weights.safetensors + state.json)"
-        )
-    cfg = load_config(TPOConfig, [folder / "config.yaml"])
-    model = build_train_model(cfg, get_stage(3))
-    try:
-        missing, unexpected = model.load_state_dict(
-            load_file(str(folder / MODEL_FILE)), strict=False
-        )
-    except RuntimeError as err:  # shapes that differ from the config's: torch lists them all
-        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
-        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-        raise ValueError(
-            f"{folder / MODEL_FILE} does not fit {folder / 'config.yaml'}: "
-            f"{'; '.join(lines[:2])}{more}"
-        ) from err
-    missing = [k for k in missing if not k.startswith("criterion")]
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder / MODEL_FILE} does not fit its config.yaml: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    return model.to(device, dtype).eval()

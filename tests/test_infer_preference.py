@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tpo.popen.ensemble import preference_attention, preference_weights
+from tpo.infer.preference import preference_attention, preference_weights
 
 
 def _plain_attention(emb, query=None):

@@ -18,21 +18,22 @@ from pycocotools import mask as mask_utils
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from tpo.heads.mask import MaskHead
+from tpo.heads.registry import names
 from tpo.infer.answer import GroundedAnswer
-from tpo.model.generate import GenerationOutput
-from tpo.model.mllm import HEADS
-from tpo.model.prompt import Turn
-from tpo.popen.ensemble import preference_attention, preference_weights
-from tpo.popen.ensemble_infer import (
+from tpo.infer.ensemble import (
     EnsembleGeneration,
     EnsembleOptions,
     best_generation,
     ensemble_generate,
     resolve_k,
 )
+from tpo.infer.preference import preference_attention, preference_weights
+from tpo.model.generate import GenerationOutput
+from tpo.model.prompt import Turn
 
 QUESTION = "Track the red circle through the video."
-MASK, REGION = HEADS.index("mask"), HEADS.index("region")
+MASK, REGION = names().index("mask"), names().index("region")
 
 
 def tiny_config(mask_null: bool = True):
@@ -42,11 +43,12 @@ def tiny_config(mask_null: bool = True):
     return load_config(TPOConfig, ["configs/tiny/stage3.yaml"], over)
 
 
-class RecordingMaskHead(nn.Module):
-    """SAM2 stand-in: records each query; masks = pixels brighter than the frame's mean."""
+class RecordingMaskHead(MaskHead):
+    """SAM2 stand-in: records each query; masks = pixels brighter than the frame's mean (the
+    MaskHead's answer path, without its SAM2 backend)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         self.queries: list[torch.Tensor] = []
 
     def propagate(self, prompt, frames, prompt_frame=0):
@@ -82,14 +84,13 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe():
+    from tpo.heads.build import build_model
     from tpo.infer.api import TPOPipeline
     from tpo.model.build import build_collator
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
 
     cfg = tiny_config()
     torch.manual_seed(0)
-    model = build_train_model(cfg, get_stage(3)).float().eval()
+    model = build_model(cfg.model).float().eval()
     with torch.no_grad():  # non-zero adapters: the policy differs from its reference
         for p in model.mllm.trainable_groups()["lora"]:
             p.normal_(std=0.05)
@@ -139,7 +140,7 @@ def teacher_forced(pipe, frames, ids, response: list[int]) -> tuple[torch.Tensor
 def test_ensemble_drives_mask_head_with_preference_combination(pipe, world, monkeypatch):
     force_tracking(monkeypatch, pipe)
     frames, ids, mask = prompt(pipe, world)
-    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, EnsembleOptions(3, seed=5), 6)
+    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, EnsembleOptions(3, seed=5), 6, MASK)
     head = pipe.model.heads["mask"]
     ans = pipe.ask(video(world), QUESTION, ensemble=3, seed=5, max_new_tokens=6)
     responses = ens.samples.token_ids
@@ -168,7 +169,7 @@ def test_ensemble_drives_mask_head_with_preference_combination(pipe, world, monk
 def test_k1_combination_is_the_response_embedding(pipe, world, monkeypatch):
     force_tracking(monkeypatch, pipe)
     frames, ids, mask = prompt(pipe, world)
-    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, EnsembleOptions(1, seed=3), 6)
+    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, EnsembleOptions(1, seed=3), 6, MASK)
     pipe.ask(video(world), QUESTION, ensemble=1, seed=3, max_new_tokens=6)
     query = pipe.model.heads["mask"].queries[-1]
     assert torch.equal(query, ens.hidden[0, 0]) and torch.equal(ens.combined[0], ens.hidden[0, 0])
@@ -193,7 +194,7 @@ def test_same_seed_same_answer_and_rng_untouched(pipe, world, monkeypatch):
 def test_only_responses_with_tracking_join(pipe, world, monkeypatch):
     force_tracking(monkeypatch, pipe, rows=[0, 2])
     frames, ids, mask = prompt(pipe, world)
-    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, EnsembleOptions(3, seed=1), 6)
+    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, EnsembleOptions(3, seed=1), 6, MASK)
     assert ens.used[0].tolist() == [True, False, True]
     keep = torch.tensor([0, 2])
     expected = preference_attention(ens.hidden[:, keep], ens.log_gamma[:, keep])
@@ -218,7 +219,7 @@ def test_best_response_keeps_its_queries_and_gains_the_mask():
         hidden=torch.zeros(1, 2, d), used=torch.tensor([[False, True]]),
         combined=combined, weights=torch.tensor([[0.0, 1.0]]), best=torch.tensor([0]),
     )  # fmt: skip
-    gen = best_generation(ens)
+    gen = best_generation(ens, MASK)
     assert gen.text == ["box it"] and gen.token_ids == [[1]]
     assert gen.task_head.tolist() == [REGION, MASK] and gen.task_sample.tolist() == [0, 0]
     torch.testing.assert_close(gen.task_hidden, torch.stack([samples.task_hidden[0], combined[0]]))
@@ -228,7 +229,7 @@ def test_dpo_score_is_beta_times_policy_minus_reference(pipe, world, monkeypatch
     force_tracking(monkeypatch, pipe)
     frames, ids, mask = prompt(pipe, world)
     opts = EnsembleOptions(2, score="dpo", beta=0.5, seed=2)
-    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, opts, 5)
+    ens = ensemble_generate(pipe.model.mllm, frames, ids, mask, opts, 5, MASK)
     expected = []
     for r in ens.samples.token_ids:
         policy, _ = teacher_forced(pipe, frames, ids, r)
@@ -257,12 +258,11 @@ def test_evaluate_cli_writes_the_table(world, tmp_path, capsys):
 
     from tpo.cli import main
     from tpo.config import to_yaml
-    from tpo.stages import get_stage
-    from tpo.train.builders import build_train_model
+    from tpo.heads.build import build_model
 
     cfg = tiny_config()
     torch.manual_seed(0)
-    model = build_train_model(cfg, get_stage(3))
+    model = build_model(cfg.model)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -1,34 +1,36 @@
-"""The POPEN preference ensemble at inference: K sampled responses, one preference score each,
-their `<tracking>` embeddings combined by `preference_attention` into one mask-head query.
+"""The POPEN preference ensemble at inference, a decoding strategy (`PreferenceEnsemble`): K
+sampled responses, one preference score each, the queries of the pooled head (the mask head's
+`<tracking>`) combined by `preference_attention` into one query.
 
-Choices (the paper is silent; see /work/shared/design/popen.md):
+Choices (the paper is silent):
 - The K responses are sampled (temperature `temperature`, no top-k / top-p) with one HF
   `generate(num_return_sequences=K)`; a `seed` makes them reproducible for one batch.
 - Score (log gamma) of response y: "logp" = mean log-prob of its tokens (eos excluded; an empty
   answer scores its eos) under the policy at temperature 1; "dpo" = the implicit DPO reward
   beta * sum_t [log pi(y_t) - log pi_ref(y_t)], pi_ref = the same model with its LoRA adapters
   disabled. Both come from one teacher-forced pass over prompt + response (per policy).
-- Only responses that carry a `<tracking>` token (their first one) join the ensemble; the query
-  of the attention is their mean embedding. A prompt where none does gets no mask.
-- The answer is the best-scored response: its text and its temporal / region queries; only the
-  mask query is replaced by the combined embedding (added when the best response has none).
+- Only responses that carry a query of the pooled head (their first one) join the ensemble;
+  the query of the attention is their mean embedding. A prompt where none does gets none.
+- The answer is the best-scored response: its text and its other heads' queries; only the
+  pooled head's query is replaced by the combined embedding (added when the best has none).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from tpo.infer.answer import EnsembleRecord
+from tpo.infer.decoding import Decoded, seeded
+from tpo.infer.preference import preference_attention, preference_weights
 from tpo.model.generate import GenerationOutput
-from tpo.model.mllm import HEADS, position_ids
+from tpo.model.mllm import position_ids
 
 DEFAULT_K = 3
 DEFAULT_BETA = 0.1  # DPO's usual coefficient: keeps beta * reward on the attention-logit scale
 SCORES = ("logp", "dpo")
-MASK = HEADS.index("mask")
 
 
 @dataclass(frozen=True)
@@ -89,18 +91,6 @@ def resolve_k(ensemble: int | bool | None, default: int = DEFAULT_K) -> int | No
     if not isinstance(ensemble, int) or ensemble < 1:
         raise ValueError(f"ensemble: expected None, True or K >= 1, got {ensemble!r}")
     return ensemble
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device):
-    """Run the block under `torch.manual_seed(seed)` without touching the caller's RNG state."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 @contextlib.contextmanager
@@ -169,14 +159,14 @@ def score_responses(
     return score.view(len(input_ids), opts.k)
 
 
-def first_queries(samples: GenerationOutput, n: int, head: int = MASK):
+def first_queries(samples: GenerationOutput, n: int, head: int | None):
     """(hidden `[n, d]`, present `[n]` bool): each response's first query of `head`."""
     d = samples.task_hidden.shape[-1]
     hidden = samples.task_hidden.new_zeros(n, d)
     present = torch.zeros(n, dtype=torch.bool)
     for j in range(len(samples.task_head)):
         row = int(samples.task_sample[j])
-        if int(samples.task_head[j]) == head and not present[row]:
+        if head is not None and int(samples.task_head[j]) == head and not present[row]:
             hidden[row], present[row] = samples.task_hidden[j], True
     return hidden, present
 
@@ -187,8 +177,6 @@ def combine(
     """Preference-attention combination `[b, d]` of the used responses of each prompt and their
     weights `[b, K]` (hidden `[b, K, d]`, log_gamma and used `[b, K]`); zeros where not used.
     The attention query is the mean of the used embeddings."""
-    from tpo.popen.ensemble import preference_attention, preference_weights
-
     out = hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
     weights = torch.zeros(used.shape, dtype=torch.float32)
     for i in range(len(hidden)):
@@ -202,10 +190,16 @@ def combine(
 
 @torch.no_grad()
 def ensemble_generate(
-    mllm, frames, input_ids, attention_mask, opts: EnsembleOptions, max_new_tokens: int = 64
+    mllm,
+    frames,
+    input_ids,
+    attention_mask,
+    opts: EnsembleOptions,
+    max_new_tokens: int = 64,
+    pooled: int | None = None,
 ) -> EnsembleGeneration:
     """Sample K responses per prompt (frames `[b, f, 3, H, W]`, left-padded prompts `[b, s]`),
-    score them and combine their `<tracking>` embeddings."""
+    score them and combine their queries of head `pooled`."""
     b = len(input_ids)
     with seeded(opts.seed, input_ids.device):
         samples = mllm.generate(
@@ -220,7 +214,7 @@ def ensemble_generate(
             num_return_sequences=opts.k,
         )
     log_gamma = score_responses(mllm, samples, input_ids, attention_mask, opts)
-    hidden, used = first_queries(samples, b * opts.k)
+    hidden, used = first_queries(samples, b * opts.k, pooled)
     hidden, used = hidden.view(b, opts.k, -1), used.view(b, opts.k)
     combined, weights = combine(hidden, log_gamma, used)
     return EnsembleGeneration(
@@ -234,9 +228,9 @@ def ensemble_generate(
     )
 
 
-def best_generation(ens: EnsembleGeneration) -> GenerationOutput:
-    """The `b` answers as one GenerationOutput: the best-scored responses, with their mask query
-    replaced by (or, when they have none, completed with) the combined embedding."""
+def best_generation(ens: EnsembleGeneration, pooled: int | None) -> GenerationOutput:
+    """The `b` answers as one GenerationOutput: the best-scored responses, with their query of
+    head `pooled` replaced by (or, when they have none, completed with) the combined one."""
     s, (b, k) = ens.samples, ens.used.shape
     hidden, head, sample = [], [], []
     for i in range(b):
@@ -244,14 +238,14 @@ def best_generation(ens: EnsembleGeneration) -> GenerationOutput:
         has_any = bool(ens.used[i].any())
         placed = False
         for j in (s.task_sample == row).nonzero()[:, 0].tolist():
-            is_mask = int(s.task_head[j]) == MASK
+            is_mask = int(s.task_head[j]) == pooled
             hidden.append(ens.combined[i] if is_mask else s.task_hidden[j])
             head.append(int(s.task_head[j]))
             sample.append(i)
             placed = placed or is_mask
         if has_any and not placed:
             hidden.append(ens.combined[i])
-            head.append(MASK)
+            head.append(pooled)
             sample.append(i)
     d = s.task_hidden.shape[-1]
     rows = [i * k + int(ens.best[i]) for i in range(b)]
@@ -287,8 +281,43 @@ def records(ens: EnsembleGeneration, opts: EnsembleOptions) -> list[EnsembleReco
 
 
 def ensemble_answers(
-    mllm, frames, input_ids, attention_mask, opts: EnsembleOptions, max_new_tokens: int = 64
+    mllm,
+    frames,
+    input_ids,
+    attention_mask,
+    opts: EnsembleOptions,
+    max_new_tokens: int = 64,
+    pooled: int | None = None,
 ) -> tuple[GenerationOutput, list[EnsembleRecord]]:
     """`ensemble_generate` -> (the answers as a GenerationOutput for the heads, their records)."""
-    ens = ensemble_generate(mllm, frames, input_ids, attention_mask, opts, max_new_tokens)
-    return best_generation(ens), records(ens, opts)
+    ens = ensemble_generate(mllm, frames, input_ids, attention_mask, opts, max_new_tokens, pooled)
+    return best_generation(ens, pooled), records(ens, opts)
+
+
+class PreferenceEnsemble:
+    """The POPEN preference ensemble as a decoding strategy (see the module docstring).
+
+    `opts`: K, temperature, score, beta, seed; `new_draws`: seed + call number, so repeated calls
+    (an evaluation's batches) draw anew yet reproducibly (False: every call repeats the seed).
+    `records` collects the EnsembleRecord of every prompt answered.
+    """
+
+    def __init__(self, opts: EnsembleOptions | None = None, *, new_draws: bool = False) -> None:
+        self.opts = opts or EnsembleOptions()
+        self.new_draws = new_draws
+        self.calls = 0
+        self.records: list[EnsembleRecord] = []
+
+    def __call__(
+        self, mllm, frames, input_ids, attention_mask, *, max_new_tokens: int, pooled=None
+    ) -> Decoded:
+        """The best-scored responses with the pooled head's combined query, and their records."""
+        opts = self.opts
+        if self.new_draws and opts.seed is not None:
+            opts = replace(opts, seed=opts.seed + self.calls)
+        self.calls += 1
+        gen, recs = ensemble_answers(
+            mllm, frames, input_ids, attention_mask, opts, max_new_tokens, pooled
+        )
+        self.records.extend(recs)
+        return Decoded(gen, recs)

@@ -1,0 +1,81 @@
+"""Loading a model for inference: `build_model(cfg.model)` + the folder's weights.
+
+Two folder kinds hold a model: an inference folder (`config.yaml` + `model.safetensors`, every
+weight, from `tpo export`) and a training checkpoint (`config.yaml` + `weights.safetensors`, the
+trained parameters, + `state.json`; the rest is the seeded init of `model.init_seed`). Neither
+needs a training stage: the model is the one `build_model` gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tpo.config import TPOConfig, load_config
+from tpo.heads.build import build_model
+from tpo.model.tpo_model import TPOModel
+
+MODEL_FILE = "model.safetensors"  # an inference folder's weights
+CHECKPOINT_WEIGHTS = "weights.safetensors"  # a training checkpoint's trained parameters
+CHECKPOINT_STATE = "state.json"
+
+
+def load_inference_model(
+    folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> TPOModel:
+    """The TPOModel of an inference folder (or of a training checkpoint folder), in eval mode."""
+    folder = Path(folder)
+    if not (folder / "config.yaml").is_file():
+        raise FileNotFoundError(f"{folder} is not a tpo checkpoint: no config.yaml inside it")
+    cfg = load_config(TPOConfig, [folder / "config.yaml"])
+    model = build_model(cfg.model)
+    if (folder / MODEL_FILE).is_file():
+        _load_all(model, folder / MODEL_FILE, folder)
+    elif (folder / CHECKPOINT_STATE).is_file() and (folder / CHECKPOINT_WEIGHTS).is_file():
+        _load_trained(model, folder / CHECKPOINT_WEIGHTS)
+    else:
+        raise FileNotFoundError(
+            f"{folder} is neither an inference folder ({MODEL_FILE} + config.yaml) nor a "
+            f"training checkpoint ({CHECKPOINT_WEIGHTS} + {CHECKPOINT_STATE})"
+        )
+    return model.to(device, dtype).eval()
+
+
+def _load_all(model: TPOModel, file: Path, folder: Path) -> None:
+    """Every weight of an inference folder (a training run's criterion buffers are skipped)."""
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(file)), strict=False)
+    except RuntimeError as err:  # shapes that differ from the config's: torch lists them all
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ValueError(
+            f"{file} does not fit {folder / 'config.yaml'}: {'; '.join(lines[:2])}{more}"
+        ) from err
+    unexpected = [k for k in unexpected if not k.startswith("criterion.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{file} does not fit its config.yaml: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+def _load_trained(model: TPOModel, file: Path) -> None:
+    """The trained parameters of a training checkpoint, by name onto the seeded model.
+
+    The same copy as `tpo.train.checkpoint.load_trained_weights` (inference does not import
+    the training package), without its check of the base parameters' fingerprint."""
+    tensors = load_file(str(file))
+    own = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(own))
+    if unknown:
+        raise ValueError(f"{file}: tensors with no place in the model: {unknown[:5]}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if own[name].shape != value.shape:
+                raise ValueError(
+                    f"{file}: {name} has shape {tuple(value.shape)}, the model expects "
+                    f"{tuple(own[name].shape)}"
+                )
+            own[name].copy_(value.to(own[name].dtype))

@@ -33,7 +33,8 @@ from tpo.popen.collect import (
 from tpo.popen.perturb import perturb_frames, random_rects
 from tpo.popen.textual import edited_token_indices
 from tpo.stages import get_stage
-from tpo.train.builders import build_train_model, question_text
+from tpo.train.builders import build_train_model
+from tpo.train.data import question_text
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, N = 4, 4

@@ -369,7 +369,8 @@ def test_data_resumes_exactly_follows_the_curriculum_and_counts_bad_records(env)
 def test_disabled_popen_changes_nothing(env):
     from tpo.popen.data import build_popen_data
     from tpo.popen.objective import build_popen_model
-    from tpo.train.builders import build_train_data, build_train_model
+    from tpo.train.builders import build_train_model
+    from tpo.train.data import build_train_data
     from tpo.train.cli import builders_for
 
     assert TPOConfig().popen.enabled is False

@@ -29,9 +29,12 @@ class DataConfig:
     num_frames: int = 16  # frames the LLM sees (resized to model.vision.img_size)
     train_sampling: str = "rand"  # "rand" | "middle" (see tpo.data.video)
     eval_sampling: str = "middle"
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes decoding batches (0: the main process)
+    prefetch_factor: int = 2  # micro-batches each worker prepares ahead
 
     def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError("data.num_workers must be >= 0 and data.prefetch_factor >= 1")
         for key in ("train_sampling", "eval_sampling"):
             if getattr(self, key) not in ("rand", "middle"):
                 raise ValueError(

@@ -110,6 +110,27 @@ def sample_indices(
     return np.clip(idx, lo, hi - 1).astype(np.int64)
 
 
+def sample_feature_times(duration: float, feat_fps: float, max_feats: int) -> torch.Tensor:
+    """Clip-centre timestamps in seconds `[t]`: one per 1/feat_fps s, at most `max_feats`.
+
+    The video is cut into clips [i / feat_fps, min((i + 1) / feat_fps, duration)] (at least one);
+    when there are more than `max_feats`, into `max_feats` equal clips instead.
+    """
+    if not duration > 0:
+        raise ValueError(f"sample_feature_times: duration must be > 0 s, got {duration}")
+    if feat_fps <= 0 or max_feats < 1:
+        raise ValueError(
+            f"sample_feature_times: need feat_fps > 0 and max_feats >= 1, got {feat_fps}, {max_feats}"
+        )
+    count = max(1, int(np.ceil(duration * feat_fps - 1e-6)))
+    if count > max_feats:
+        step = duration / max_feats
+        return ((torch.arange(max_feats, dtype=torch.float64) + 0.5) * step).float()
+    starts = torch.arange(count, dtype=torch.float64) / feat_fps
+    ends = ((torch.arange(count, dtype=torch.float64) + 1) / feat_fps).clamp(max=duration)
+    return ((starts + ends) / 2).float()
+
+
 def open_video(path: str | Path, num_threads: int = 1) -> decord.VideoReader:
     """Open a video file with decord; a missing, empty or unreadable file raises `VideoError`."""
     path = Path(path)

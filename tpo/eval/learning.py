@@ -98,7 +98,7 @@ def visible_mask_frames(sample, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]
     Frames where the target is hidden have an empty GT, on which J and F are 1 for an empty
     prediction; scoring visible frames only keeps the comparison about finding the object.
     """
-    from tpo.train.builders import annotated_mask_frames, evenly_spaced, read_mask_frames
+    from tpo.train.data import annotated_mask_frames, evenly_spaced, read_mask_frames
 
     visible, _ = annotated_mask_frames(sample)
     if len(visible) == 0:  # hidden on every sampled frame: score the annotated ones
@@ -150,7 +150,7 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """Per-item scores of `model`: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
     from tpo.infer.predict import predict
-    from tpo.train.builders import question_text
+    from tpo.train.data import question_text
 
     results: dict[str, np.ndarray] = {}
     for task, it in items.items():

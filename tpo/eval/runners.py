@@ -215,7 +215,7 @@ def _context(name: str, annotations: Path, out: Path) -> dict:
 
 def _question(record: Record) -> str:
     from tpo.data.templates import mc_prompt
-    from tpo.train.builders import question_text
+    from tpo.train.data import question_text
 
     if record.task == "gqa":  # the answer is an option: the question lists them as MVBench's
         return mc_prompt(record.question, record.options)

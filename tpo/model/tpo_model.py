@@ -23,8 +23,10 @@ class TrainBatch:
     frames `[b, f, 3, H, W]` normalised; input_ids / attention_mask / labels `[b, s]`;
     targets: per sample a dict keyed by head name ("temporal", "region", "mask") holding that
     head's targets (a sample's content tokens without targets train only the LM);
-    temporal: per sample with temporal targets, `feats [t, d]`-ready inputs are computed by the
-    model from `videos[i]` (path) and `durations[i]` s / `clip_starts[i]` s;
+    temporal_frames: per sample with temporal targets, the temporal head's normalised frames
+    `[t, 3, H, W]` at `temporal_times[i]` `[t]` s of video time (None for other samples), which
+    the model encodes; `durations[i]` s / `clip_starts[i]` s give the clip they are scored in;
+    videos: the video path of each sample (a name only: the model reads no file);
     box_frames `[b]` long: position in f of the frame a region question asks about (-1: none);
     mask_frames: per sample, uint8 frames `[k, 3, H0, W0]` (the annotated sampled frames) for
     the mask head, with `mask_targets` per sample bool `[k, H0, W0]` inside `targets`.
@@ -40,6 +42,9 @@ class TrainBatch:
     clip_starts: list[float] = field(default_factory=list)
     box_frames: torch.Tensor | None = None
     mask_frames: list[torch.Tensor | None] = field(default_factory=list)
+    temporal_frames: list[torch.Tensor | None] = field(default_factory=list)
+    temporal_times: list[torch.Tensor | None] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (record, reason) met on the way
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -52,6 +57,9 @@ class TrainBatch:
             if torch.is_tensor(v):
                 v = v.to(device, dtype) if f.name == "frames" else v.to(device)
             moved[f.name] = v
+        moved["temporal_frames"] = [
+            None if f is None else f.to(device, dtype) for f in self.temporal_frames
+        ]
         moved["targets"] = [
             {
                 h: {k: (t.to(device) if torch.is_tensor(t) else t) for k, t in d.items()}
@@ -61,13 +69,22 @@ class TrainBatch:
         ]
         return TrainBatch(**moved)
 
+    def pin_memory(self) -> TrainBatch:
+        """The batch with its frames in pinned memory (DataLoader `pin_memory`)."""
+        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("frames", "input_ids", "attention_mask", "labels"):
+            pinned[key] = pinned[key].pin_memory()
+        for key in ("mask_frames", "temporal_frames"):
+            pinned[key] = [None if f is None else f.pin_memory() for f in pinned[key]]
+        return TrainBatch(**pinned)
+
 
 class TPOModel(nn.Module):
     """MLLM + heads + criterion; `forward(batch)` returns the total loss and named losses.
 
     `lm_weight` 0 skips the LM loss (stage 2); `head_losses` False skips the heads (stage 1).
-    `temporal_features(video, duration) -> (feats [t, d], timestamps [t])` gives the temporal
-    head's per-frame features (a `tpo.heads.temporal_features.FrameFeatureCache`).
+    `temporal_features.encode_frames(frames [t, 3, H, W]) -> feats [t, d]` encodes the temporal
+    head's frames of the batch (a `tpo.heads.temporal_features.FrameFeatureCache`).
     `alignment` (a `tpo.model.alignment.VideoTextAlignment`) adds `align_weight` x its
     video-text contrastive loss, for a vision side that starts random.
     """
@@ -102,10 +119,14 @@ class TPOModel(nn.Module):
     def _temporal(self, batch: TrainBatch, hidden: torch.Tensor, samples: list[int]):
         feats, stamps, durs, masks = [], [], [], []
         for i in samples:
-            f, ts = self.temporal_features(
-                batch.videos[i], batch.durations[i] + batch.clip_starts[i]
-            )
-            ts = ts - batch.clip_starts[i]
+            frames = batch.temporal_frames[i] if i < len(batch.temporal_frames) else None
+            if frames is None:
+                raise ValueError(
+                    f"TPOModel: sample {i} ({batch.videos[i]}) has temporal targets but no "
+                    "temporal_frames (build its dataset with feature_rate)"
+                )
+            f = self.temporal_features.encode_frames(frames)
+            ts = batch.temporal_times[i] - batch.clip_starts[i]
             feats.append(f)
             stamps.append(ts)
             masks.append((ts >= 0) & (ts <= batch.durations[i]))

@@ -190,7 +190,7 @@ def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
     from tpo.data.manifest import load_manifest, load_records
     from tpo.popen.curriculum import Curriculum
     from tpo.popen.pair_sources import SegSource, TextualSource, load_textual
-    from tpo.train.builders import build_train_data, text_collator
+    from tpo.train.data import build_train_data, text_collator
     from tpo.train.ds_config import grad_accum_steps
 
     pc = cfg.popen

@@ -161,7 +161,7 @@ def clean_batch(
     the frames differ from the stored `frame_indices`.
     """
     from tpo.data.dataset import VideoTaskDataset
-    from tpo.train.builders import collate
+    from tpo.train.data import collate
 
     if not prefs:
         raise ValueError("clean_batch: no preferences")

@@ -36,7 +36,8 @@ def builders_for(cfg: TPOConfig) -> tuple[ModelBuilder, DataBuilder]:
         from tpo.popen.objective import build_popen_model
 
         return build_popen_model, build_popen_data
-    from tpo.train.builders import build_train_data, build_train_model
+    from tpo.train.builders import build_train_model
+    from tpo.train.data import build_train_data
 
     return build_train_model, build_train_data
 

@@ -188,12 +188,14 @@ class StageRunner:
         )
         self.engine.train()
         for step in bar:
-            tic, sums, n_samples = time.perf_counter(), Counter(), 0
+            tic, sums, n_samples, wait = time.perf_counter(), Counter(), 0, 0.0
             lrs = {
                 f"lr/{g.get('name', 'group')}": g["lr"] for g in self.engine.optimizer.param_groups
             }
             for _ in range(self.accum):
+                t0 = time.perf_counter()
                 batch = next(batches).to(self.dist.device, self.dtype)
+                wait += time.perf_counter() - t0
                 out = self.engine(batch)
                 self.engine.backward(out["loss"])
                 self.engine.step()
@@ -206,6 +208,7 @@ class StageRunner:
             )
             elapsed = time.perf_counter() - tic
             metrics["samples_per_s"] = n_samples / max(elapsed, 1e-9)
+            metrics["data_wait"] = wait / max(elapsed, 1e-9)  # this rank's share of the step
             metrics["grad_norm"] = _float(self.engine.get_global_grad_norm())
             metrics.update(lrs)
             metrics["bad_samples"] = sum(bad.values())
@@ -219,6 +222,9 @@ class StageRunner:
             if t.save_every and done % t.save_every == 0 and done < t.max_steps:
                 self.save(self.out / "checkpoints" / f"step_{done:06d}", done)
                 self._prune()
+        close = getattr(batches, "close", None)
+        if callable(close):  # a generator over a DataLoader: stop its workers now
+            close()
         final = self.save(self.out / "final", t.max_steps)
         self.logger.close()
         bad = self._over_ranks({}, 0)[2]

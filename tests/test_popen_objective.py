@@ -370,8 +370,8 @@ def test_disabled_popen_changes_nothing(env):
     from tpo.popen.data import build_popen_data
     from tpo.popen.objective import build_popen_model
     from tpo.train.builders import build_train_model
-    from tpo.train.data import build_train_data
     from tpo.train.cli import builders_for
+    from tpo.train.data import build_train_data
 
     assert TPOConfig().popen.enabled is False
     for n in (1, 2, 3):

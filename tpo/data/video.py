@@ -20,6 +20,12 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# per channel (1 / (255 std), -mean / std) as float32 values: x * scale + shift == (x/255 - mean) / std
+_INV_STD = 1.0 / (255.0 * torch.tensor(IMAGENET_STD))
+_NORM = [
+    (float(s), float(-m * 255.0 * s))
+    for m, s in zip(torch.tensor(IMAGENET_MEAN), _INV_STD)
+]
 
 SampleMode = Literal["middle", "rand", "fps"]
 VideoSource = str | Path | decord.VideoReader | np.ndarray | torch.Tensor
@@ -177,11 +183,14 @@ def normalize_frames(frames: torch.Tensor, img_size: int) -> torch.Tensor:
             antialias=True,
             align_corners=False,
         )
-    inv_std = 1.0 / (255.0 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-    shift = -torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0 * inv_std
-    # (x/255 - mean) / std as one scale + shift; going contiguous in uint8 first is ~5x faster
-    # than normalising the channels-last float batch and copying it after
-    return frames.contiguous().float().mul_(inv_std).add_(shift)
+    # one pass casts to float and lays the (channels-last) batch out contiguously, then
+    # (x/255 - mean) / std as one in-place scale + shift per channel: ~1.7x faster than
+    # .contiguous().float() and broadcasting [1, 3, 1, 1] tensors (bench/video_io.py)
+    out = torch.empty(frames.shape, dtype=torch.float32)
+    out.copy_(frames)
+    for c, (scale, shift) in enumerate(_NORM):
+        out[:, c].mul_(scale).add_(shift)
+    return out
 
 
 def _read_image(path: Path) -> np.ndarray:

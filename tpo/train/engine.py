@@ -343,18 +343,24 @@ def check_resume_world(folder: Path, world_size: int) -> None:
 
 
 def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:
-    """Refuse ZeRO-3 on several ranks for a stage whose heads train: a head runs only on ranks
-    whose micro-batch holds its task, and ZeRO-3 gathers each module's weights and reduces its
-    gradients with collectives, so the ranks would fall out of step (a crash or a hang). Even
-    with every head run on every rank, a head's graph would follow its sample count, and ZeRO-3,
-    like ZeRO-1/2, reduces gradients in the order they finish; `in_fixed_order` cannot reorder
-    them there, since outside their module's forward ZeRO-3 parameters are empty shards."""
+    """Refuse ZeRO-3 on several ranks for a stage whose heads train. ZeRO-3 gathers each
+    module's weights and reduces its gradients with collectives that every rank must join, and
+    two things still make the ranks call different modules: (1) a head runs only on ranks whose
+    micro-batch holds its task (data-dependent routing in `TPOModel.forward`), and (2) the mask
+    head's SAM2 image-feature cache (`heads/sam2_backend.py`) runs the sharded image encoder only
+    for frames it misses, which differ by rank. (The temporal head's frames now come decoded in
+    the batch and are encoded on every step, so that cache no longer differs.) Even with every
+    head run on every rank, a head's graph would follow its sample count, and ZeRO-3, like
+    ZeRO-1/2, reduces gradients in the order they finish; `in_fixed_order` cannot reorder them
+    there, since outside their module's forward ZeRO-3 parameters are empty shards."""
     if world_size > 1 and stage.head_losses:
         raise ValueError(
             f"train.deepspeed={ds_file}: ZeRO-3 on {world_size} ranks cannot train stage "
             f"{stage.number} ({stage.name}): its task heads run only where a micro-batch holds "
-            "their task, and ZeRO-3's per-module collectives need every rank in step. Use "
-            "configs/deepspeed/zero2.json (the official recipe) or its offload variant, or one rank"
+            "their task, and SAM2's image encoder only on the frames its feature cache misses, "
+            "both of which differ by rank, while ZeRO-3's per-module collectives need every "
+            "rank in step. Use configs/deepspeed/zero2.json (the official recipe) or its "
+            "offload variant, or one rank"
         )
 
 

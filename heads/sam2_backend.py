@@ -231,12 +231,14 @@ class SAM2Backend(nn.Module):
         """Raw FPN features of `[k, 3, H, W]` frames, one `(l0, l1, l2)` tuple per frame."""
         self._frozen_fp32()
         x = to_sam_input(frames.to(self.device), self.image_size)
+        # one frame at a time: a batched encode rounds differently by batch size, so a frame's
+        # features would depend on which of its batch-mates the cache held (a resumed run starts
+        # with an empty cache, and its losses drifted from the uninterrupted run's)
         with torch.no_grad(), self._autocast():
-            fpn = self.sam.image_encoder(x)["backbone_fpn"]
+            fpns = [self.sam.image_encoder(x[i : i + 1])["backbone_fpn"] for i in range(len(x))]
         self.encoder_calls += len(frames)
-        levels = fpn[-self.sam.num_feature_levels :]
-        # copies, so that evicting one frame from the cache frees its memory
-        return [tuple(level[i].clone() for level in levels) for i in range(len(frames))]
+        n = self.sam.num_feature_levels
+        return [tuple(level[0] for level in fpn[-n:]) for fpn in fpns]
 
     def image_features(
         self, frames: Tensor, keys: Sequence[Hashable] | None = None

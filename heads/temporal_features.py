@@ -1,9 +1,11 @@
-"""Per-frame video features for the temporal head: sampling times, npz files, a feature cache.
+"""Per-frame video features for the temporal head: npz files, a frame encoder, a feature cache.
 
 The temporal head sees its own frame rate (`feat_fps`, default one feature per second, capped
 at `max_feats`), independent of the LLM's 16 frames. Features come either from our vision
 encoder, run frame by frame without gradient and cached per video, or from precomputed npz
-files holding `features [t, d]` and `timestamps [t]` (or a scalar `fps`).
+files holding `features [t, d]` and `timestamps [t]` (or a scalar `fps`). Training encodes the
+frames its DataLoader decoded (`FrameFeatureCache.encode_frames`); the path-keyed cache serves
+inference. The sampling times (`sample_feature_times`) live on the data side.
 """
 
 from __future__ import annotations
@@ -19,26 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-
-def sample_feature_times(duration: float, feat_fps: float, max_feats: int) -> Tensor:
-    """Clip-centre timestamps in seconds `[t]`: one per 1/feat_fps s, at most `max_feats`.
-
-    The video is cut into clips [i / feat_fps, min((i + 1) / feat_fps, duration)] (at least one);
-    when there are more than `max_feats`, into `max_feats` equal clips instead.
-    """
-    if not duration > 0:
-        raise ValueError(f"sample_feature_times: duration must be > 0 s, got {duration}")
-    if feat_fps <= 0 or max_feats < 1:
-        raise ValueError(
-            f"sample_feature_times: need feat_fps > 0 and max_feats >= 1, got {feat_fps}, {max_feats}"
-        )
-    count = max(1, int(np.ceil(duration * feat_fps - 1e-6)))
-    if count > max_feats:
-        step = duration / max_feats
-        return ((torch.arange(max_feats, dtype=torch.float64) + 0.5) * step).float()
-    starts = torch.arange(count, dtype=torch.float64) / feat_fps
-    ends = ((torch.arange(count, dtype=torch.float64) + 1) / feat_fps).clamp(max=duration)
-    return ((starts + ends) / 2).float()
+from tpo.data.video import sample_feature_times as sample_feature_times  # moved to the data side
 
 
 def load_npz_features(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -138,6 +121,13 @@ class FrameFeatureCache:
         self.tag = tag
         self.memory_items = memory_items
         self._memory: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+
+    @torch.no_grad()
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """Features `[t, d]` (or `[t, p, d]`) float32 of frames `[t, 3, H, W]` decoded by the data
+        pipeline, on their device, in chunks of `batch_size`; nothing is read or cached (training:
+        the same work on every step and rank, whatever ran before)."""
+        return torch.cat([self.encode(chunk).float() for chunk in frames.split(self.batch_size)])
 
     def _key(self, video_path: str) -> str:
         ident = f"{Path(video_path).resolve()}|{self.feat_fps}|{self.max_feats}|{self.tag}"

@@ -9,9 +9,11 @@ import torch
 from pycocotools import mask as mask_utils
 from test_video import denorm, grey, write_mp4
 
-from tpo.data.dataset import VideoTaskDataset, include_frame, sample_weights, weighted_sampler
+from tpo.data.dataset import VideoTaskDataset, include_frame, sample_weights
 from tpo.data.records import AnnotationError, Record
 from tpo.data.video import VideoError
+from tpo.train.data import WeightedDraws
+from tpo.train.distributed import DistInfo
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,8 @@ def test_weighted_mixing_follows_dataset_weights():
     records += [rec("x", qid=str(i), dataset="big") for i in range(90)]
     w = sample_weights(records, {"small": 3.0, "big": 1.0})
     assert w[:10].sum().item() == pytest.approx(0.75 * w.sum().item())
-    draws = list(weighted_sampler(records, {"small": 3.0, "big": 1.0}, 4000, seed=0))
+    sampler = WeightedDraws(w, 100, seed=0, dist=DistInfo(0, 1, 0, "cpu"))
+    draws = [i for k in range(40) for i in sampler.draw(k)]
     share = Counter(records[i].dataset for i in draws)["small"] / 4000
     assert share == pytest.approx(0.75, abs=0.03)
     with pytest.raises(ValueError, match=r"no weight for dataset\(s\) \['big'\]"):

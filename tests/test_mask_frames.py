@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tpo.data.video
-from tpo.train.builders import MASK_FRAMES, collate_mask_frames
+from tpo.train.data import MASK_FRAMES, collate_mask_frames
 
 
 class _Reader:

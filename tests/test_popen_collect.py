@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from tpo.config import TPOConfig, load_config, to_yaml
 from tpo.data.dataset import VideoTaskDataset
 from tpo.data.manifest import load_manifest, load_records
+from tpo.data.templates import question_text
 from tpo.data.video import open_source
 from tpo.model.build import build_collator
 from tpo.popen.collect import (
@@ -33,7 +34,7 @@ from tpo.popen.collect import (
 from tpo.popen.perturb import perturb_frames, random_rects
 from tpo.popen.textual import edited_token_indices
 from tpo.stages import get_stage
-from tpo.train.builders import build_train_model, question_text
+from tpo.train.builders import build_train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES, N = 4, 4

@@ -370,7 +370,8 @@ def test_disabled_popen_changes_nothing(env):
     from tpo.popen.data import build_popen_data
     from tpo.popen.objective import build_popen_model
     from tpo.popen.train_cli import builders_for
-    from tpo.train.builders import build_train_data, build_train_model
+    from tpo.train.builders import build_train_model
+    from tpo.train.data import build_train_data
 
     assert TPOConfig().popen.enabled is False
     for n in (1, 2, 3):

@@ -12,7 +12,8 @@ import torch
 
 from tpo.config import TPOConfig, load_config
 from tpo.stages import get_stage
-from tpo.train.builders import build_train_data, build_train_model
+from tpo.train.builders import build_train_model
+from tpo.train.data import build_train_data
 from tpo.train.engine import StageRunner
 
 ROOT = Path(__file__).resolve().parents[1]

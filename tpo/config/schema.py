@@ -28,9 +28,12 @@ class DataConfig:
     manifest: str = "data_manifests/toyworld_stage1.yaml"
     num_frames: int = 16  # frames the LLM sees (resized to model.vision.img_size)
     train_sampling: str = "rand"  # "rand" | "middle" (see tpo.data.video)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes decoding batches (0: the main process)
+    prefetch_factor: int = 2  # micro-batches each worker prepares ahead
 
     def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError("data.num_workers must be >= 0 and data.prefetch_factor >= 1")
         if self.train_sampling not in ("rand", "middle"):
             raise ValueError(
                 f"data.train_sampling must be 'rand' or 'middle', got {self.train_sampling!r}"

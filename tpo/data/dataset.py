@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset
 
 from tpo.data.records import AnnotationError, Record
-from tpo.data.video import VideoError, load_video, open_source
+from tpo.data.video import FrameSource, VideoError, load_video, open_source, sample_feature_times
 
 SALIENCY_CLIP_S = 2.0  # QVHighlights scores 2-second clips
 
@@ -37,7 +37,11 @@ class Sample:
     box: region `[4]` normalised xyxy in [0, 1] of the asked frame; box_frame: its position in f.
     masks: mask `[f, H0, W0]` bool ground truth at the sampled frames (H0, W0: the annotation's
         size); mask_valid: `[f]` bool, False where the sampled frame was not annotated.
-    skipped: reasons of the bad records skipped on the way to this one.
+    temporal_frames: `[t, 3, H, W]` normalised frames for the temporal head at `temporal_times`
+        `[t]` s (video time, `sample_feature_times` over [0, clip end]), when the dataset has a
+        `feature_rate` and the record temporal targets; else None.
+    skipped: reasons of the bad records skipped on the way to this one; bad_records: their
+        indices (the same order), for counting them once in the main process.
     """
 
     frames: torch.Tensor
@@ -53,7 +57,10 @@ class Sample:
     box_frame: int | None = None
     masks: torch.Tensor | None = None
     mask_valid: torch.Tensor | None = None
+    temporal_frames: torch.Tensor | None = None
+    temporal_times: torch.Tensor | None = None
     skipped: tuple[str, ...] = ()
+    bad_records: tuple[int, ...] = ()
 
 
 def include_frame(indices: np.ndarray, frame: int) -> tuple[np.ndarray, int]:
@@ -131,7 +138,9 @@ class VideoTaskDataset(Dataset):
     Sampling is deterministic given (seed, epoch, index); call `set_epoch` each epoch.
     Non-strict: a bad sample is skipped (the next index is tried), counted once per record in
     `bad_samples` (reason -> count; per process when DataLoader workers are used, so each
-    `Sample.skipped` also lists the reasons for aggregation in the main process).
+    `Sample` also lists its skips, which the main process counts with `note_bad`).
+    `feature_rate` (feat_fps, max_feats): also decode the temporal head's frames of records
+    with temporal targets (`Sample.temporal_frames`).
     """
 
     def __init__(
@@ -143,6 +152,7 @@ class VideoTaskDataset(Dataset):
         sampling: str = "rand",
         seed: int = 0,
         strict: bool = False,
+        feature_rate: tuple[float, int] | None = None,
     ) -> None:
         if sampling not in ("rand", "middle"):
             raise ValueError(f"sampling must be 'rand' or 'middle', got {sampling!r}")
@@ -151,6 +161,7 @@ class VideoTaskDataset(Dataset):
         self.records = list(records)
         self.num_frames, self.img_size, self.sampling = num_frames, img_size, sampling
         self.seed, self.strict, self.epoch = seed, strict, 0
+        self.feature_rate = feature_rate
         self.bad_samples: Counter = Counter()
         self._bad: set[int] = set()
 
@@ -171,8 +182,17 @@ class VideoTaskDataset(Dataset):
         self.bad_samples = Counter(state["bad_samples"])
         self._bad = set(state["bad_records"])
 
+    def note_bad(self, index: int, reason: str) -> bool:
+        """Count bad record `index` under `reason` unless it is known already (True if new)."""
+        if index in self._bad:
+            return False
+        self._bad.add(index)
+        self.bad_samples[reason] += 1
+        return True
+
     def __getitem__(self, index: int) -> Sample:
         skipped: list[str] = []
+        bad: list[int] = []
         n = len(self.records)
         for step in range(n):
             i = (index + step) % n
@@ -185,11 +205,11 @@ class VideoTaskDataset(Dataset):
                     raise
                 kind = "video" if isinstance(err, VideoError) else "annotation"
                 reason = f"{kind}_{err.reason}"
-                self._bad.add(i)
-                self.bad_samples[reason] += 1
+                self.note_bad(i, reason)
                 skipped.append(reason)
+                bad.append(i)
                 continue
-            sample.skipped = tuple(skipped)
+            sample.skipped, sample.bad_records = tuple(skipped), tuple(bad)
             return sample
         raise RuntimeError(
             f"VideoTaskDataset: no readable sample among {n} records (bad: {dict(self.bad_samples)})"
@@ -228,11 +248,20 @@ class VideoTaskDataset(Dataset):
         )
         if rec.task in ("temporal", "gqa") and rec.windows:
             sample.spans, sample.saliency = _temporal_targets(rec, clip_start, sample.duration)
+            if self.feature_rate is not None:
+                times = sample_feature_times(clip_start + sample.duration, *self.feature_rate)
+                sample.temporal_frames = self._frames_at(src, times)
+                sample.temporal_times = times
         if rec.task == "region":
             sample.box = _box_target(rec, clip.orig_size)
         if rec.task == "mask":
             sample.masks, sample.mask_valid = _mask_targets(rec, clip.indices)
         return sample
+
+    def _frames_at(self, src: FrameSource, times: torch.Tensor) -> torch.Tensor:
+        """Normalised frames `[t, 3, S, S]` nearest to `times` `[t]` s."""
+        idx = np.clip(np.round(times.numpy() * src.fps).astype(np.int64), 0, src.num_total - 1)
+        return load_video(src, img_size=self.img_size, indices=idx).frames
 
 
 def sample_weights(records: Sequence[Record], weights: Mapping[str, float]) -> torch.Tensor:
@@ -251,12 +280,3 @@ def sample_weights(records: Sequence[Record], weights: Mapping[str, float]) -> t
         [weights[r.dataset] / counts[r.dataset] for r in records], dtype=torch.double
     )
 
-
-def weighted_sampler(
-    records: Sequence[Record], weights: Mapping[str, float], num_samples: int, seed: int = 0
-) -> WeightedRandomSampler:
-    """A `WeightedRandomSampler` (with replacement) mixing datasets by their manifest weight."""
-    gen = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(
-        sample_weights(records, weights), num_samples, replacement=True, generator=gen
-    )

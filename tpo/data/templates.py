@@ -64,3 +64,10 @@ def mc_prompt(question: str, options: list[str]) -> str:
     letters = "ABCDEFGHIJ"
     lines = "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(options))
     return f"Question: {question}\nOptions:\n{lines}\nAnswer with the option's letter."
+
+
+def question_text(record) -> str:
+    """The user turn of a record: multiple-choice questions list their lettered options."""
+    if record.task == "mc" and record.options:
+        return mc_prompt(record.question, record.options)
+    return record.question

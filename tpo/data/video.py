@@ -20,6 +20,12 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# per channel (1 / (255 std), -mean / std) as float32 values: x * scale + shift == (x/255 - mean) / std
+_INV_STD = 1.0 / (255.0 * torch.tensor(IMAGENET_STD))
+_NORM = [
+    (float(s), float(-m * 255.0 * s))
+    for m, s in zip(torch.tensor(IMAGENET_MEAN), _INV_STD)
+]
 
 SampleMode = Literal["middle", "rand", "fps"]
 VideoSource = str | Path | decord.VideoReader | np.ndarray | torch.Tensor
@@ -110,6 +116,27 @@ def sample_indices(
     return np.clip(idx, lo, hi - 1).astype(np.int64)
 
 
+def sample_feature_times(duration: float, feat_fps: float, max_feats: int) -> torch.Tensor:
+    """Clip-centre timestamps in seconds `[t]`: one per 1/feat_fps s, at most `max_feats`.
+
+    The video is cut into clips [i / feat_fps, min((i + 1) / feat_fps, duration)] (at least one);
+    when there are more than `max_feats`, into `max_feats` equal clips instead.
+    """
+    if not duration > 0:
+        raise ValueError(f"sample_feature_times: duration must be > 0 s, got {duration}")
+    if feat_fps <= 0 or max_feats < 1:
+        raise ValueError(
+            f"sample_feature_times: need feat_fps > 0 and max_feats >= 1, got {feat_fps}, {max_feats}"
+        )
+    count = max(1, int(np.ceil(duration * feat_fps - 1e-6)))
+    if count > max_feats:
+        step = duration / max_feats
+        return ((torch.arange(max_feats, dtype=torch.float64) + 0.5) * step).float()
+    starts = torch.arange(count, dtype=torch.float64) / feat_fps
+    ends = ((torch.arange(count, dtype=torch.float64) + 1) / feat_fps).clamp(max=duration)
+    return ((starts + ends) / 2).float()
+
+
 def open_video(path: str | Path, num_threads: int = 1) -> decord.VideoReader:
     """Open a video file with decord; a missing, empty or unreadable file raises `VideoError`."""
     path = Path(path)
@@ -156,11 +183,14 @@ def normalize_frames(frames: torch.Tensor, img_size: int) -> torch.Tensor:
             antialias=True,
             align_corners=False,
         )
-    inv_std = 1.0 / (255.0 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-    shift = -torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0 * inv_std
-    # (x/255 - mean) / std as one scale + shift; going contiguous in uint8 first is ~5x faster
-    # than normalising the channels-last float batch and copying it after
-    return frames.contiguous().float().mul_(inv_std).add_(shift)
+    # one pass casts to float and lays the (channels-last) batch out contiguously, then
+    # (x/255 - mean) / std as one in-place scale + shift per channel: ~1.7x faster than
+    # .contiguous().float() and broadcasting [1, 3, 1, 1] tensors (bench/video_io.py)
+    out = torch.empty(frames.shape, dtype=torch.float32)
+    out.copy_(frames)
+    for c, (scale, shift) in enumerate(_NORM):
+        out[:, c].mul_(scale).add_(shift)
+    return out
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from tpo.data.dataset import VideoTaskDataset
 from tpo.data.records import Record
+from tpo.data.sample_frames import annotated_mask_frames, evenly_spaced, read_mask_frames
+from tpo.data.templates import question_text
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack, TimeWindow
 from tpo.infer.predictor import AskOptions, Predictor
 
@@ -101,7 +103,6 @@ def visible_mask_frames(sample, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]
     Frames where the target is hidden have an empty GT, on which J and F are 1 for an empty
     prediction; scoring visible frames only keeps the comparison about finding the object.
     """
-    from tpo.train.builders import annotated_mask_frames, evenly_spaced, read_mask_frames
 
     visible, _ = annotated_mask_frames(sample)
     if len(visible) == 0:  # hidden on every sampled frame: score the annotated ones
@@ -152,7 +153,6 @@ def evaluate(
     predictor: Predictor, items: dict[str, EvalItems], batch_size: int = 8, desc: str = "model"
 ) -> dict[str, np.ndarray]:
     """Per-item scores of the predictor's model: metric -> `[n]` (hits 0/1, J&F in [0, 1])."""
-    from tpo.train.builders import question_text
 
     results: dict[str, np.ndarray] = {}
     for task, it in items.items():

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tpo.data.records import Record
+from tpo.data.templates import mc_prompt, question_text
 from tpo.data.video import open_source
 from tpo.eval.runner_io import (
     JsonlLog,
@@ -183,9 +184,6 @@ def _context(name: str, annotations: Path, out: Path) -> dict:
 
 
 def _question(record: Record) -> str:
-    from tpo.data.templates import mc_prompt
-    from tpo.train.builders import question_text
-
     if record.task == "gqa":  # the answer is an option: the question lists them as MVBench's
         return mc_prompt(record.question, record.options)
     return question_text(record)

@@ -29,8 +29,10 @@ class TrainBatch:
     frames `[b, f, 3, H, W]` normalised; input_ids / attention_mask / labels `[b, s]`;
     targets: per sample a dict keyed by head name holding that head's targets (a sample's
     content tokens without targets train only the LM);
-    temporal: per sample with temporal targets, `feats [t, d]`-ready inputs are computed by the
-    model from `videos[i]` (path) and `durations[i]` s / `clip_starts[i]` s;
+    temporal_frames: per sample with temporal targets, the temporal head's normalised frames
+    `[t, 3, H, W]` at `temporal_times[i]` `[t]` s of video time (None for other samples), which
+    the model encodes; `durations[i]` s / `clip_starts[i]` s give the clip they are scored in;
+    videos: the video path of each sample (a name only: the model reads no file);
     box_frames `[b]` long: position in f of the frame a region question asks about (-1: none);
     mask_frames: per sample, uint8 frames `[k, 3, H0, W0]` (the annotated sampled frames) for
     the mask head, with `mask_targets` per sample bool `[k, H0, W0]` inside `targets`.
@@ -46,6 +48,9 @@ class TrainBatch:
     clip_starts: list[float] = field(default_factory=list)
     box_frames: torch.Tensor | None = None
     mask_frames: list[torch.Tensor | None] = field(default_factory=list)
+    temporal_frames: list[torch.Tensor | None] = field(default_factory=list)
+    temporal_times: list[torch.Tensor | None] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (record, reason) met on the way
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -58,6 +63,9 @@ class TrainBatch:
             if torch.is_tensor(v):
                 v = v.to(device, dtype) if f.name == "frames" else v.to(device)
             moved[f.name] = v
+        moved["temporal_frames"] = [
+            None if f is None else f.to(device, dtype) for f in self.temporal_frames
+        ]
         moved["targets"] = [
             {
                 h: {k: (t.to(device) if torch.is_tensor(t) else t) for k, t in d.items()}
@@ -66,6 +74,15 @@ class TrainBatch:
             for tgt in self.targets
         ]
         return TrainBatch(**moved)
+
+    def pin_memory(self) -> TrainBatch:
+        """The batch with its frames in pinned memory (DataLoader `pin_memory`)."""
+        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("frames", "input_ids", "attention_mask", "labels"):
+            pinned[key] = pinned[key].pin_memory()
+        for key in ("mask_frames", "temporal_frames"):
+            pinned[key] = [None if f is None else f.pin_memory() for f in pinned[key]]
+        return TrainBatch(**pinned)
 
 
 @dataclass
@@ -81,9 +98,11 @@ class TPOOutput:
 class TPOModel(nn.Module):
     """MLLM + task heads (`TaskHead`s by name); the same model serves training and inference.
 
-    `temporal_features(video, duration) -> (feats [t, d], timestamps [t])` gives per-frame
-    features of a video (a `tpo.heads.temporal_features.FrameFeatureCache`), offered to the heads
-    through `HeadSample.frame_features`.
+    `temporal_features` (a `tpo.heads.temporal_features.FrameFeatureCache`) gives per-frame
+    features, offered to the heads through `HeadSample.frame_features`: at inference
+    `temporal_features(video, duration) -> (feats [t, d], timestamps [t])` reads the video; in
+    training `temporal_features.encode_frames(frames [t, 3, H, W]) -> feats [t, d]` encodes the
+    frames the data pipeline decoded into the batch.
     """
 
     def __init__(
@@ -108,16 +127,20 @@ class TPOModel(nn.Module):
         return groups
 
     def frame_features(self, batch: TrainBatch, i: int):
-        """Per-frame features of row `i`'s clip, `() -> (feats [t, d], times [t] s of the clip)`.
+        """Per-frame features of row `i`'s clip, `() -> (feats [t, d], times [t] s of the clip)`,
+        None when the row has no temporal frames.
 
-        The one place the training forward gathers temporal features (from the video file)."""
-        if self.temporal_features is None or i >= len(batch.videos):
+        The one place the training forward gathers temporal features: it encodes the frames the
+        data pipeline decoded (`batch.temporal_frames[i]`); the forward reads no file."""
+        if self.temporal_features is None or i >= len(batch.temporal_frames):
             return None
-        video, start, dur = batch.videos[i], batch.clip_starts[i], batch.durations[i]
+        frames, times = batch.temporal_frames[i], batch.temporal_times[i]
+        if frames is None or times is None:
+            return None
+        start = batch.clip_starts[i]
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
-            feats, stamps = self.temporal_features(video, dur + start)
-            return feats, stamps - start
+            return self.temporal_features.encode_frames(frames), times - start
 
         return compute
 

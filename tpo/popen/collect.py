@@ -198,7 +198,7 @@ def _collect_one(
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The tensors of one sample's preference file (masks scored at positions `pick`)."""
     from tpo.popen.curriculum import rank_tiers
-    from tpo.train.builders import collate
+    from tpo.train.data import collate
 
     sid = sample_id(sample.record)
     batch = collate([sample], collator)

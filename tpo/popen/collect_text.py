@@ -65,7 +65,7 @@ def _norm(text: str) -> str:
 
 def _answer_batch(model, samples: list[Sample], collator: PromptCollator, max_new_tokens: int):
     """Greedy answers of samples with the same frame count."""
-    from tpo.train.builders import question_text
+    from tpo.train.data import question_text
 
     turns = [Turn(question_text(s.record), None) for s in samples]
     text = collator.prompts(turns)
@@ -83,7 +83,7 @@ def _answer_batch(model, samples: list[Sample], collator: PromptCollator, max_ne
 
 
 def _entry(sample: Sample, y: str, synthetic: bool) -> TextualPreference:
-    from tpo.train.builders import question_text
+    from tpo.train.data import question_text
 
     rec = sample.record
     return TextualPreference(

@@ -24,7 +24,7 @@ from tpo.popen.curriculum import Curriculum
 from tpo.popen.pair_sources import SegSource, TextualSource, load_textual
 from tpo.popen.pairs import SegPairs, TextualPairs
 from tpo.stages.base import Stage
-from tpo.train.builders import build_train_data, text_collator
+from tpo.train.data import build_train_data, text_collator
 from tpo.train.distributed import DistInfo
 from tpo.train.ds_config import grad_accum_steps
 

@@ -22,7 +22,7 @@ from tpo.data.dataset import VideoTaskDataset
 from tpo.data.records import Record
 from tpo.model.prompt import PromptCollator
 from tpo.model.tpo_model import TrainBatch
-from tpo.train.builders import collate
+from tpo.train.data import collate
 
 INDEX_FILE = "index.jsonl"
 FORMAT = "tpo-popen-seg-1"

@@ -15,7 +15,8 @@ from tpo.config import TPOConfig, load_config
 from tpo.popen.data import build_popen_data
 from tpo.popen.objective import build_popen_model
 from tpo.stages import STAGES, get_stage
-from tpo.train.builders import build_train_data, build_train_model
+from tpo.train.builders import build_train_model
+from tpo.train.data import build_train_data
 from tpo.train.distributed import shutdown
 from tpo.train.engine import DataBuilder, ModelBuilder, StageRunner
 

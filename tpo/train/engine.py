@@ -188,12 +188,14 @@ class StageRunner:
         )
         self.engine.train()
         for step in bar:
-            tic, sums, n_samples = time.perf_counter(), Counter(), 0
+            tic, sums, n_samples, wait = time.perf_counter(), Counter(), 0, 0.0
             lrs = {
                 f"lr/{g.get('name', 'group')}": g["lr"] for g in self.engine.optimizer.param_groups
             }
             for _ in range(self.accum):
+                t0 = time.perf_counter()
                 batch = next(batches).to(self.dist.device, self.dtype)
+                wait += time.perf_counter() - t0
                 out = self.engine(batch)
                 self.engine.backward(out["loss"])
                 self.engine.step()
@@ -206,6 +208,7 @@ class StageRunner:
             )
             elapsed = time.perf_counter() - tic
             metrics["samples_per_s"] = n_samples / max(elapsed, 1e-9)
+            metrics["data_wait"] = wait / max(elapsed, 1e-9)  # this rank's share of the step
             metrics["grad_norm"] = _float(self.engine.get_global_grad_norm())
             metrics.update(lrs)
             metrics["bad_samples"] = sum(bad.values())
@@ -219,6 +222,9 @@ class StageRunner:
             if t.save_every and done % t.save_every == 0 and done < t.max_steps:
                 self.save(self.out / "checkpoints" / f"step_{done:06d}", done)
                 self._prune()
+        close = getattr(batches, "close", None)
+        if callable(close):  # a generator over a DataLoader: stop its workers now
+            close()
         final = self.save(self.out / "final", t.max_steps)
         self.logger.close()
         bad = self._over_ranks({}, 0)[2]
@@ -337,18 +343,24 @@ def check_resume_world(folder: Path, world_size: int) -> None:
 
 
 def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:
-    """Refuse ZeRO-3 on several ranks for a stage whose heads train: a head runs only on ranks
-    whose micro-batch holds its task, and ZeRO-3 gathers each module's weights and reduces its
-    gradients with collectives, so the ranks would fall out of step (a crash or a hang). Even
-    with every head run on every rank, a head's graph would follow its sample count, and ZeRO-3,
-    like ZeRO-1/2, reduces gradients in the order they finish; `in_fixed_order` cannot reorder
-    them there, since outside their module's forward ZeRO-3 parameters are empty shards."""
+    """Refuse ZeRO-3 on several ranks for a stage whose heads train. ZeRO-3 gathers each
+    module's weights and reduces its gradients with collectives that every rank must join, and
+    two things still make the ranks call different modules: (1) a head runs only on ranks whose
+    micro-batch holds its task (data-dependent routing in `TPOModel.forward`), and (2) the mask
+    head's SAM2 image-feature cache (`heads/sam2_backend.py`) runs the sharded image encoder only
+    for frames it misses, which differ by rank. (The temporal head's frames now come decoded in
+    the batch and are encoded on every step, so that cache no longer differs.) Even with every
+    head run on every rank, a head's graph would follow its sample count, and ZeRO-3, like
+    ZeRO-1/2, reduces gradients in the order they finish; `in_fixed_order` cannot reorder them
+    there, since outside their module's forward ZeRO-3 parameters are empty shards."""
     if world_size > 1 and stage.head_losses:
         raise ValueError(
             f"train.deepspeed={ds_file}: ZeRO-3 on {world_size} ranks cannot train stage "
             f"{stage.number} ({stage.name}): its task heads run only where a micro-batch holds "
-            "their task, and ZeRO-3's per-module collectives need every rank in step. Use "
-            "configs/deepspeed/zero2.json (the official recipe) or its offload variant, or one rank"
+            "their task, and SAM2's image encoder only on the frames its feature cache misses, "
+            "both of which differ by rank, while ZeRO-3's per-module collectives need every "
+            "rank in step. Use configs/deepspeed/zero2.json (the official recipe) or its "
+            "offload variant, or one rank"
         )
 
 

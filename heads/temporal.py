@@ -25,6 +25,7 @@ from tpo.config.heads import TemporalHeadConfig
 from tpo.data.video import load_video, open_source
 from tpo.heads.parts import TimeWindow
 from tpo.heads.span_ops import span_cw_to_xx, span_nms
+from tpo.heads.temporal_criterion import build_temporal_criterion
 from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
 from tpo.model.task_head import HeadQueries, TaskHead
 
@@ -179,9 +180,6 @@ class TemporalHead(TaskHead):
 
     def criterion(self) -> nn.Module:
         """The span + saliency criterion of the config."""
-        # function-level: tpo.heads.temporal_criterion imports this module (TemporalOutput)
-        from tpo.heads.temporal_criterion import build_temporal_criterion
-
         return build_temporal_criterion(self.cfg)
 
     def prepare_targets(self, targets: list[dict], inputs: TemporalInputs) -> list[dict]:

@@ -12,6 +12,8 @@ All losses are returned unweighted; `weight_dict` holds their weights (`weighted
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,7 +21,9 @@ from torch import Tensor, nn
 from tpo.config.heads import TemporalHeadConfig
 from tpo.heads.matcher import HungarianMatcher
 from tpo.heads.span_ops import span_cw_to_xx, span_giou_loss
-from tpo.heads.temporal import TemporalOutput
+
+if TYPE_CHECKING:  # annotations only: the head module imports this one to build its criterion
+    from tpo.heads.temporal import TemporalOutput
 
 SET_LOSSES = ("loss_span", "loss_giou", "loss_label")
 

@@ -35,6 +35,7 @@ PROMPT_DIM = 256  # SAM2's prompt / decoder width
 @contextlib.contextmanager
 def _sam2_hydra() -> Iterator[None]:
     """Hydra initialised on sam2's config module for the block; the previous state restored."""
+    # function-level: sam2's hydra only when a mask head is built
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
@@ -58,7 +59,10 @@ def build_sam2_model(cfg: MaskHeadConfig, device: str | torch.device = "cpu") ->
         raise FileNotFoundError(
             f"mask.checkpoint: no SAM2 checkpoint at {cfg.checkpoint!r} (a local .pt file)"
         )
+    # function-level: sam2's hydra only when a mask head is built
     from hydra.errors import MissingConfigException
+
+    # function-level: sam2 (and hydra) only when a mask head is built
     from sam2.build_sam import build_sam2_video_predictor
 
     overrides = [f"++model.image_size={cfg.image_size}"]

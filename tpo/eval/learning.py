@@ -17,9 +17,14 @@ import torch
 from tqdm import tqdm
 
 from tpo.data.dataset import VideoTaskDataset
-from tpo.data.records import Record
+from tpo.data.loaders import load_annotation
+from tpo.data.records import LoadReport, Record
 from tpo.data.sample_frames import annotated_mask_frames, evenly_spaced, read_mask_frames
 from tpo.data.templates import question_text
+from tpo.eval.boxes import box_iou
+from tpo.eval.mask_ops import video_jf
+from tpo.eval.moments import top1_iou
+from tpo.eval.multiple_choice import check_answer
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack, TimeWindow
 from tpo.infer.predictor import AskOptions, Predictor
 
@@ -40,8 +45,6 @@ TEST_FILES = {  # name -> (format, annotation under annotations/)
 
 def load_split(root: str | Path, split: str, limit: int | None = None) -> dict[str, list[Record]]:
     """The toy world's records of one split, per task (strict: the files are generated)."""
-    from tpo.data.loaders import load_annotation
-    from tpo.data.records import LoadReport
 
     root = Path(root)
     out = {}
@@ -71,6 +74,7 @@ class Prior:
     @classmethod
     def fit(cls, train: dict[str, list[Record]]) -> Prior:
         """Fit the constants on training records."""
+        # function-level: pycocotools only when masks are (de)coded
         from pycocotools import mask as mask_utils
 
         spans = [
@@ -209,10 +213,6 @@ def item_scores(
     """`[n]` scores of answers against their `VideoTaskDataset` samples: top-1 window IoU >=
     0.5, box IoU >= 0.5 (normalised xyxy: the pixel box over the record's size), J&F of the
     mask track on `gt_masks` (bool `[k, H, W]` each), right option (the MVBench rule)."""
-    from tpo.eval.boxes import box_iou
-    from tpo.eval.mask_ops import video_jf
-    from tpo.eval.moments import top1_iou
-    from tpo.eval.multiple_choice import check_answer
 
     if len(preds) != len(samples):
         raise ValueError(f"{len(preds)} predictions for {len(samples)} samples")
@@ -259,6 +259,7 @@ def paired_difference(
 ) -> tuple[float, float, float]:
     """100 x (mean(a) - mean(b)) of paired item scores and its `level` bootstrap interval
     (resampling test items, so both models see the same draw)."""
+    # function-level: scipy only when this computation runs
     from scipy.stats import bootstrap
 
     a, b = np.asarray(a, float), np.asarray(b, float)

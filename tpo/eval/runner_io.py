@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tpo.eval.io import read_json
+
 
 def _tmp_near(path: Path, suffix: str) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,6 @@ def scorer_inputs(
     name: str, annotations: Path, split: str, out: Path, done: dict, partial: bool
 ) -> tuple[Path, dict]:
     """The GT path the scorer reads and its options (partial: score the predicted items)."""
-    from tpo.eval.io import read_json
 
     if name == "qvhighlights":
         return annotations, {"match_number": False} if partial else {}

@@ -31,9 +31,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tpo.data.records import Record
+from tpo.data.dataset import VideoTaskDataset
+from tpo.data.loaders import load_annotation
+from tpo.data.records import LoadReport, Record
 from tpo.data.templates import mc_prompt, question_text
 from tpo.data.video import open_source
+from tpo.eval.io import read_json
 from tpo.eval.runner_io import (
     JsonlLog,
     metrics_markdown,
@@ -42,6 +45,7 @@ from tpo.eval.runner_io import (
     write_json_atomic,
     write_text_atomic,
 )
+from tpo.eval.scorers import get_scorer
 from tpo.infer.answer import GroundedAnswer
 from tpo.infer.api import load
 from tpo.infer.decoding import Decoding
@@ -127,6 +131,7 @@ def _mc_line(sample, pred, ctx) -> dict:
 
 
 def _mask_line(sample, pred, ctx) -> dict:
+    # function-level: PIL only when an image is read or drawn
     from PIL import Image
 
     rec = sample.record
@@ -172,8 +177,6 @@ def _context(name: str, annotations: Path, out: Path) -> dict:
     if name == "qvhighlights":
         ctx["saliency"] = True
     if name == "mevis":  # qid "{vid}_{eid}" -> (vid, eid, frame names) from the GT itself
-        from tpo.eval.io import read_json
-
         videos = read_json(annotations / "meta_expressions.json")["videos"]
         ctx["expressions"] = {
             f"{vid}_{eid}": (vid, str(eid), [str(f) for f in v["frames"]])
@@ -210,7 +213,6 @@ def predict_pending(
 ) -> int:
     """Predict `records` in batches with the one predictor (and `decoding`, default the
     predictor's), appending each batch's lines to `log`; returns model calls."""
-    from tpo.data.dataset import VideoTaskDataset
 
     if not records:
         return 0
@@ -267,9 +269,6 @@ def run_benchmark(
     Returns the metrics.json object: {benchmark, metrics, n_gt, n_predicted, partial, no_head,
     model_calls, predictions, scorer_options, ...}.
     """
-    from tpo.data.loaders import load_annotation
-    from tpo.data.records import LoadReport
-    from tpo.eval.scorers import get_scorer
 
     if name not in BENCHMARKS:
         raise KeyError(f"no runner for benchmark {name!r}; runners: {', '.join(BENCHMARKS)}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from pathlib import Path
 
 from tpo.eval.runner_io import write_json_atomic, write_text_atomic
 from tpo.eval.runners import BENCHMARKS, load_predictor, run_benchmark
+from tpo.eval.scorers import SCORERS
 
 HEADLINE = {  # metrics shown in the combined toy-world table
     "qvhighlights": (
@@ -60,10 +63,6 @@ def run_toyworld_suite(
 ) -> dict:
     """Every runner the toy world supports on its `split`; returns {benchmark: metrics.json
     object, or {"skipped": reason}} and writes the combined table to `{out}/metrics.md`."""
-    import importlib
-    import importlib.util
-
-    from tpo.eval.scorers import SCORERS
 
     root, out = Path(root), Path(out)
     predictor = predictor or load_predictor(checkpoint)

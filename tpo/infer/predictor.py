@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tpo.data.video import FrameSource, VideoError, load_video, normalize_frames, open_source
+from tpo.heads.temporal_features import sample_feature_times
 from tpo.infer.answer import GroundedAnswer
 from tpo.infer.decoding import Decoding, Greedy
 from tpo.model.prompt import PromptCollator, Turn
@@ -289,7 +290,6 @@ class Predictor:
             if inp.path is not None:
                 feats, times = cache(inp.path, end)
                 return feats, times - inp.clip_start
-            from tpo.heads.temporal_features import sample_feature_times
 
             # not a file (reader or tensor): the cache keys by path, so encode directly
             times = sample_feature_times(end, cache.feat_fps, cache.max_feats)

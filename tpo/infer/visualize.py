@@ -101,7 +101,10 @@ def _draw(
 ) -> np.ndarray:
     """`[H*scale, W*scale, 3]` uint8: the frame upscaled (nearest), mask tinted with its outline
     in full colour, boxes outlined."""
+    # function-level: PIL only when an image is read or drawn
     from PIL import Image, ImageDraw
+
+    # function-level: scipy only when this computation runs
     from scipy import ndimage
 
     out = frame.astype(np.float32)
@@ -150,6 +153,7 @@ def plot_timeline(
     """Write a timeline PNG: the saliency curve over time, predicted windows as shaded spans
     labelled with their scores, ground-truth windows (when given) in their own band below, x in
     seconds from 0 to the duration."""
+    # function-level: matplotlib only when a picture is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -223,6 +227,7 @@ def contact_sheet(
     each tile captioned with its time (`times` `[f]` s, else its frame index), with `boxes`
     (per frame: None, xyxy, `[k, 4]`, or BoxPrediction(s)) outlined and `masks` `[f, H, W]` bool
     tinted in `color`. Frames under TILE_TARGET px are upscaled by an integer factor."""
+    # function-level: PIL only when an image is read or drawn
     from PIL import Image, ImageDraw, ImageFont
 
     frames = _check_frames(frames)
@@ -273,6 +278,7 @@ def overlay_video(
     """Write an H.264 yuv420p MP4 of `frames` `[f, H, W, 3]` uint8 with `masks` `[f, H, W]` bool
     tinted in `color` (and `boxes` per frame outlined) at `fps`; odd sizes are padded to even by
     repeating the last row/column."""
+    # function-level: PyAV only when a video is written
     import av
 
     frames = _check_frames(frames)

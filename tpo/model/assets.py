@@ -29,6 +29,7 @@ def convert_smollm2(out: str | Path, gguf: str | Path | None = None) -> Path:
 
     Written to a temporary folder beside `out`, then renamed, so `out` is complete or absent.
     """
+    # function-level: transformers is heavy to import; only when an LLM or tokenizer is built
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf = Path(gguf) if gguf is not None else smollm2_gguf()

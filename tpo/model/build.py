@@ -9,10 +9,12 @@ from collections.abc import Sequence
 import torch
 
 from tpo.config.schema import ModelConfig
+from tpo.model.connector import build_connector
 from tpo.model.llm import build_llm
 from tpo.model.mllm import MLLM
 from tpo.model.prompt import PromptCollator
 from tpo.model.tokens import TaskPair, build_task_tokens, load_tokenizer
+from tpo.model.vision import build_vision
 
 
 def build_mllm(
@@ -26,8 +28,6 @@ def build_mllm(
     """Vision encoder, connector, LLM (+LoRA, task tokens of the heads' `pairs`, in head-index
     order: `tpo.heads.registry.task_pairs()`) from `cfg`; `meta=True` allocates no memory (for
     counting parameters). Base LLM weights are frozen when LoRA is on."""
-    from tpo.model.connector import build_connector
-    from tpo.model.vision import build_vision
 
     tokenizer = load_tokenizer(cfg.llm, pairs)
     llm = build_llm(cfg.llm, tokenizer, dtype=dtype, meta=meta, pairs=pairs)

@@ -40,6 +40,7 @@ class LanguageModel(nn.Module):
     @property
     def is_peft(self) -> bool:
         """Whether LoRA adapters are on."""
+        # function-level: peft is heavy to import; only when LoRA is built or read
         from peft import PeftModel
 
         return isinstance(self.model, PeftModel)
@@ -62,6 +63,7 @@ class LanguageModel(nn.Module):
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """ "lora" (adapter weights), "task_tokens" (new input rows), "llm" (all base weights)."""
+        # function-level: peft is heavy to import; only when LoRA is built or read
         from peft.tuners.lora import LoraLayer
         from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
@@ -95,6 +97,7 @@ def build_base_model(
     cfg: LLMConfig, vocab_size: int, dtype: torch.dtype | None = None, meta: bool = False
 ) -> nn.Module:
     """The transformers causal LM from a local folder or an `arch` config (never the hub)."""
+    # function-level: transformers is heavy to import; only when an LLM or tokenizer is built
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict = {"attn_implementation": cfg.attn_implementation}
@@ -157,6 +160,7 @@ def build_llm(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     if cfg.lora.enabled:
+        # function-level: peft is heavy to import; only when LoRA is built or read
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(

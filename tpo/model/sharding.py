@@ -27,6 +27,7 @@ def whole(*params: nn.Parameter) -> contextlib.AbstractContextManager:
     sharded = [p for p in params if is_sharded(p) and p.ds_status.name != "AVAILABLE"]
     if not sharded:
         return contextlib.nullcontext()
+    # function-level: deepspeed is heavy to import; only training runs need it
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)

@@ -96,6 +96,7 @@ def mistral_vocab_file() -> Path:
 
 def mistral_tokenizer():
     """An HF Llama tokenizer (tokenizers backend) built from the local Mistral vocab file."""
+    # function-level: transformers is heavy to import; only when an LLM or tokenizer is built
     from transformers import LlamaTokenizer
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
@@ -121,6 +122,7 @@ def load_tokenizer(cfg: LLMConfig, pairs: Sequence[TaskPair] = ()):
     if cfg.tokenizer == MISTRAL_COMMON:
         tokenizer = mistral_tokenizer()
     else:
+        # function-level: transformers is heavy to import; only when an LLM or tokenizer is built
         from transformers import AutoTokenizer
 
         folder = Path(cfg.tokenizer)

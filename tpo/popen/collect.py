@@ -33,11 +33,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tpo.data.dataset import Sample
+from tpo.data.templates import MASK_QUESTIONS
+from tpo.data.video import open_source
 from tpo.eval.runner_io import JsonlLog
 from tpo.heads.mask import MaskHead
+from tpo.heads.sam2_backend import ImageFeatures, frame_key
 from tpo.model.prompt import PromptCollator
 from tpo.model.tpo_model import TPOModel, TrainBatch
 from tpo.popen.collect_text import collect_textual, corrupt_answer, is_text_answer
+from tpo.popen.curriculum import rank_tiers
 from tpo.popen.perturb import perturb_frames
 from tpo.popen.seg_store import (
     FORMAT,
@@ -48,6 +52,7 @@ from tpo.popen.seg_store import (
     load_segmentation_preferences,
     sample_id,
 )
+from tpo.train.data import collate
 
 __all__ = [
     "INDEX_FILE",
@@ -100,7 +105,6 @@ def _file_name(sid: str) -> str:
 
 def _expression(question: str) -> str:
     """The referring expression inside a mask question (the question itself if no template fits)."""
-    from tpo.data.templates import MASK_QUESTIONS
 
     for template in MASK_QUESTIONS:
         head, _, tail = template.partition("{expression}")
@@ -114,6 +118,7 @@ def _expression(question: str) -> str:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    # function-level: safetensors only when a file is written
     from safetensors.torch import save_file
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -161,8 +166,6 @@ def _score(
     frame); the frames' features are computed once and `chunk` queries x k frames are decoded in
     one call instead of one call per query (1.5x faster on the tiny model on a CPU).
     """
-    from tpo.data.video import open_source
-    from tpo.heads.sam2_backend import ImageFeatures, frame_key
 
     indices = sample.indices[pick.numpy()]
     frames = open_source(sample.record.video).read(indices)  # uint8 [k, 3, H0, W0]
@@ -197,8 +200,6 @@ def _collect_one(
     seed: int, chunk: int, noise: dict,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The tensors of one sample's preference file (masks scored at positions `pick`)."""
-    from tpo.popen.curriculum import rank_tiers
-    from tpo.train.data import collate
 
     sid = sample_id(sample.record)
     batch = collate([sample], collator)

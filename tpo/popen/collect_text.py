@@ -29,6 +29,7 @@ from tpo.data.toyworld_render import COLOURS, DIRECTIONS, SHAPES
 from tpo.model.prompt import PromptCollator, Turn
 from tpo.model.tokens import TASK_TOKENS
 from tpo.popen.textual import TextualPreference, fill_edit_indices, write_textual_preferences
+from tpo.train.data import question_text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ def _norm(text: str) -> str:
 
 def _answer_batch(model, samples: list[Sample], collator: PromptCollator, max_new_tokens: int):
     """Greedy answers of samples with the same frame count."""
-    from tpo.train.data import question_text
 
     turns = [Turn(question_text(s.record), None) for s in samples]
     text = collator.prompts(turns)
@@ -83,7 +83,6 @@ def _answer_batch(model, samples: list[Sample], collator: PromptCollator, max_ne
 
 
 def _entry(sample: Sample, y: str, synthetic: bool) -> TextualPreference:
-    from tpo.train.data import question_text
 
     rec = sample.record
     return TextualPreference(

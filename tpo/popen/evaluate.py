@@ -26,6 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tpo.config import TPOConfig, load_config
+from tpo.eval.image_masks import giou_ciou, intersection_union
+from tpo.eval.io import read_json
+from tpo.eval.runner_io import JsonlLog, write_json_atomic, write_text_atomic
+from tpo.eval.runners import BENCHMARKS, load_predictor, run_benchmark
+from tpo.eval.video_masks import read_mask_png
 from tpo.infer.ensemble import EnsembleOptions, PreferenceEnsemble, default_k
 
 COLUMNS = ("J&F", "J", "F", "gIoU", "cIoU")
@@ -35,11 +41,8 @@ GREEDY = "greedy"
 def mask_ious(annotations: Path, masks: Path, done: dict[str, dict]) -> dict[str, float]:
     """gIoU / cIoU (fractions) of the runner's PNGs `masks/{vid}/{eid}/{frame}.png` for the
     expressions in `done` ({qid: {vid, eid}}), one image mask per (expression, frame)."""
+    # function-level: pycocotools only when masks are (de)coded
     from pycocotools import mask as mask_utils
-
-    from tpo.eval.image_masks import giou_ciou, intersection_union
-    from tpo.eval.io import read_json
-    from tpo.eval.video_masks import read_mask_png
 
     videos = read_json(annotations / "meta_expressions.json")["videos"]
     rles = read_json(annotations / "mask_dict.json")
@@ -73,8 +76,6 @@ def checkpoint_tag(index: int, folder: Path) -> str:
 def evaluate_setting(predictor, annotations: Path, videos: Path, out: Path, **kwargs) -> dict:
     """One MeViS run (resumable) -> {n, no_head, J&F, J, F, gIoU, cIoU (fractions), ...};
     `kwargs` go to `run_benchmark` (e.g. `decoding`)."""
-    from tpo.eval.runner_io import JsonlLog
-    from tpo.eval.runners import BENCHMARKS, run_benchmark
 
     res = run_benchmark("mevis", predictor, annotations, videos, out, **kwargs)
     done = JsonlLog(out / BENCHMARKS["mevis"].log_name, BENCHMARKS["mevis"].id_key).recover()
@@ -101,9 +102,6 @@ def evaluate(
     """Rows {checkpoint, setting, k, n, no_head, J&F, J, F, gIoU, cIoU} for every checkpoint
     with and without the ensemble (`ensemble` K; None: each config's popen.ensemble_k or 3);
     writes OUT/metrics.json and OUT/table.md."""
-    from tpo.config import TPOConfig, load_config
-    from tpo.eval.runner_io import write_json_atomic, write_text_atomic
-    from tpo.eval.runners import load_predictor
 
     annotations, videos, out = Path(annotations), Path(videos), Path(out)
     rows: list[dict] = []

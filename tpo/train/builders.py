@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from tpo.config.schema import TPOConfig
+from tpo.heads.build import build_criterion, build_model
+from tpo.model.alignment import VideoTextAlignment
 from tpo.model.tpo_model import TPOTrainModel
 from tpo.stages.base import Stage
 
 
 def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOTrainModel:
     """`build_model(cfg.model)` + the criterion and the loss switches of `stage`."""
-    from tpo.heads.build import build_criterion, build_model
 
     model = build_model(cfg.model)
     heads = dict(model.heads)
@@ -19,8 +20,6 @@ def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOTrainModel:
         features.memory_items = 0  # the cache assumes a frozen encoder: recompute every time
     alignment = None
     if cfg.train.align_weight > 0:
-        from tpo.model.alignment import VideoTextAlignment
-
         alignment = VideoTextAlignment(model.mllm.task_tokens.ids.all, cfg.train.align_temperature)
     return TPOTrainModel(
         model.mllm,

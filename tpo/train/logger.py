@@ -37,6 +37,7 @@ class RunLogger:
                 tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
                 tmp.replace(self.path)
             if tensorboard:
+                # function-level: tensorboard only when a run logs to it
                 from torch.utils.tensorboard import SummaryWriter
 
                 # TensorBoard then hides the events an earlier run wrote from this step on
@@ -87,9 +88,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path:
     """Draw every `loss*` series of a metrics.jsonl against the step; writes atomically."""
+    # function-level: matplotlib only when a picture is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # function-level: matplotlib only when a picture is drawn
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)

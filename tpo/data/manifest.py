@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tpo.data.records import FORMAT_TASKS, TASKS, AnnotationError, LoadReport, Record
+from tpo.config.load import load_config
+from tpo.data.loaders import load_annotation  # pycocotools etc. only when data is read
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,6 @@ class Manifest:
 
 def load_manifest(path: str | Path, overrides: list[str] = ()) -> Manifest:
     """Read and check a manifest YAML (errors name the file and key)."""
-    from tpo.config.load import load_config
 
     return load_config(Manifest, [path], list(overrides))
 
@@ -102,7 +103,6 @@ def load_records(
 
     Non-strict loading skips bad annotations, counts them in the report and logs one line.
     """
-    from tpo.data.loaders import load_annotation  # pycocotools etc. only when data is read
 
     report = LoadReport()
     records: list[Record] = []

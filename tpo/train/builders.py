@@ -11,13 +11,9 @@ from tpo.stages.base import Stage
 
 def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOTrainModel:
     """`build_model(cfg.model)` + the criterion and the loss switches of `stage`."""
-
     model = build_model(cfg.model)
     heads = dict(model.heads)
     criterion = build_criterion(heads, cfg.model, lm_weight=stage.lm_weight)
-    features = model.temporal_features
-    if features is not None and "vision" in stage.groups(cfg.train.extra_groups):
-        features.memory_items = 0  # the cache assumes a frozen encoder: recompute every time
     alignment = None
     if cfg.train.align_weight > 0:
         alignment = VideoTextAlignment(model.mllm.task_tokens.ids.all, cfg.train.align_temperature)
@@ -25,7 +21,7 @@ def build_train_model(cfg: TPOConfig, stage: Stage) -> TPOTrainModel:
         model.mllm,
         heads,
         criterion,
-        temporal_features=features,
+        temporal_features=model.temporal_features,
         lm_weight=stage.lm_weight,
         head_losses=stage.head_losses,
         alignment=alignment,

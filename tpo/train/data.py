@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tpo.config.schema import TPOConfig
 from tpo.data.dataset import Sample, VideoTaskDataset, sample_weights
+from tpo.data.manifest import load_manifest, load_records
 from tpo.data.sample_frames import annotated_mask_frames, evenly_spaced, read_mask_frames
 from tpo.data.templates import question_text
 from tpo.model.prompt import PromptCollator, Turn
+from tpo.model.tokens import load_tokenizer
 from tpo.model.tpo_model import TrainBatch
 from tpo.stages.base import Stage
 from tpo.train.distributed import DistInfo
@@ -177,7 +179,6 @@ def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
 
 def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
     """Records of the config's manifest -> dataset -> weighted micro-batch stream."""
-    from tpo.data.manifest import load_manifest, load_records
 
     manifest = load_manifest(cfg.data.manifest)
     records, report = load_records(manifest, strict=False)
@@ -215,7 +216,6 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
 def text_collator(cfg: TPOConfig) -> PromptCollator:
     """The prompt collator of `cfg`'s tokenizer and template, without building the model
     (`tpo.model.build.build_collator` is the same from a built model)."""
-    from tpo.model.tokens import load_tokenizer
 
     c, llm = cfg.model.connector, cfg.model.llm
     return PromptCollator(

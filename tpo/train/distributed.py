@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
+import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -39,9 +38,10 @@ def init_distributed() -> DistInfo:
     A plain single process gets the env variables DeepSpeed would otherwise look for through
     mpi4py; under the `deepspeed` launcher they are already set.
     """
+    # function-level: deepspeed is heavy to import; only training runs need it
     import deepspeed
-    import torch
-    import torch.distributed as dist
+
+    # function-level: deepspeed is heavy to import; only training runs need it
     from deepspeed.accelerator import get_accelerator
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -63,7 +63,6 @@ def init_distributed() -> DistInfo:
 
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
-    import torch.distributed as dist
 
     if dist.is_initialized():
         dist.barrier()
@@ -72,7 +71,6 @@ def barrier() -> None:
 def shutdown() -> None:
     """Tear the process group down once every rank is done (an exit that leaves the
     communication threads running can abort the process after the work is saved)."""
-    import torch.distributed as dist
 
     if dist.is_initialized():
         dist.barrier()
@@ -81,7 +79,6 @@ def shutdown() -> None:
 
 def gather(obj: object) -> list:
     """Every rank's picklable `obj`, in rank order (a collective; `[obj]` in a single process)."""
-    import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [obj]
@@ -102,7 +99,6 @@ def in_fixed_order(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torc
     depends only on `params`: one dot product per parameter, d(p . g)/dp = g exactly. Every
     parameter gets one (a zero one when unused), so every rank reduces the same set.
     """
-    import torch
 
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     dots = torch.stack(

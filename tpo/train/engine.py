@@ -82,6 +82,7 @@ class StageRunner:
     # ---- setup -------------------------------------------------------------------------------
     def setup(self, resume: bool = False) -> None:
         """Build model, optimizer, DeepSpeed engine and data (once; `run` calls it if needed)."""
+        # function-level: deepspeed is heavy to import; only training runs need it
         import deepspeed
 
         if getattr(self, "engine", None) is not None:
@@ -173,6 +174,7 @@ class StageRunner:
     # ---- train -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> Path:
         """Train to `train.max_steps` (continuing the latest checkpoint with `resume`)."""
+        # function-level: tqdm only when a progress bar is shown
         from tqdm import tqdm
 
         self.setup(resume)
@@ -367,6 +369,7 @@ def check_zero3_routing(stage: Stage, world_size: int, ds_file: str) -> None:
 def _register_external_parameters(model: nn.Module) -> None:
     """Tell ZeRO-3 about weights read outside their own module's forward, as modules declare
     them (`zero3_external_parameters()`), so it gathers them with the module that reads them."""
+    # function-level: deepspeed is heavy to import; only training runs need it
     import deepspeed
 
     for module in model.modules():
@@ -381,6 +384,7 @@ def _adamw_class(zero: dict) -> Callable[..., torch.optim.Optimizer]:
     CPU (DeepSpeed refuses a torch optimizer there; its C++ op is built once, cached)."""
     if zero.get("offload_optimizer", {}).get("device", "none") == "none":
         return torch.optim.AdamW
+    # function-level: deepspeed is heavy to import; only training runs need it
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     return functools.partial(DeepSpeedCPUAdam, adamw_mode=True)

@@ -76,6 +76,11 @@ class MultiTaskCriterion(nn.Module):
         self.criterion_modules = nn.ModuleDict(
             {k: v for k, v in criteria.items() if isinstance(v, nn.Module)}
         )
+        unknown_weights = set(weight or {}) - set(self.names)
+        if unknown_weights:
+            raise ValueError(
+                f"heads.task_weights: unknown heads {sorted(unknown_weights)}; known {self.names}"
+            )
         self.weight = {name: 1.0 for name in criteria} | dict(weight or {})
         self.lm_weight = lm_weight
 

@@ -1,6 +1,6 @@
 """Mask criterion: BCE + DICE over the sampled frames' masks (+ the official box-embedding L1).
 
-Conventions of LISA / PixelLM / VideoLISA (design/metrics.md): logits are upsampled (bilinear)
+Conventions of LISA / PixelLM / VideoLISA (docs/metrics.md): logits are upsampled (bilinear)
 to the ground truth's resolution; BCE is the per-mask mean over pixels; DICE per mask is
 1 - (2 sum(p g)/s + eps) / (sum(p)/s + sum(g)/s + eps) with p = sigmoid(logit), s = 1000,
 eps = 1e-6; both are averaged over every mask (frame) in the batch. LISA divides each

@@ -12,7 +12,7 @@ from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID, PromptCollator, buil
 from tpo.model.tokens import TASK_TOKENS, TaskTokenIds, load_tokenizer, mistral_vocab_file
 
 ROOT = Path(__file__).resolve().parents[1]
-# /work/shared/reference/videochat-tpo.added_tokens.json of the official checkpoint
+# the added_tokens.json of the official VideoChat-TPO checkpoint (ids as published)
 OFFICIAL_IDS = {
     "<box_begin>": 32000,
     "<time_begin>": 32001,

@@ -188,3 +188,16 @@ def test_no_mask_head_never_imports_sam2():
         "assert 'sam2' not in sys.modules  # the registry lists MaskHead; only building imports sam2\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_task_weights_name_registered_heads_and_are_finite():
+    """The config checks the values; the criterion checks the names against the registry, so a
+    registered head may be weighted and an unknown name is an error naming the known heads."""
+    with pytest.raises(ValueError, match="expected finite weights >= 0"):
+        HeadsConfig(task_weights={"region": -1.0})
+    with pytest.raises(ValueError, match=r"task_weights: unknown heads \['audio'\]"):
+        _setup(task_weights={"audio": 2.0})
+    criteria = {"region": _setup()[1].criteria["region"]}
+    names = (*registry.names(), "audio")
+    crit = MultiTaskCriterion(criteria, {"audio": 3.0}, names=names)
+    assert crit.weight == {"region": 1.0, "audio": 3.0}

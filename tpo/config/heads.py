@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -113,6 +114,7 @@ class HeadsConfig:
     )
 
     def __post_init__(self) -> None:
-        unknown = set(self.task_weights) - {"temporal", "region", "mask"}
-        if unknown:
-            raise ValueError(f"heads.task_weights: unknown heads {sorted(unknown)}")
+        # names are checked against the registered heads when the criterion is built
+        bad = {k: v for k, v in self.task_weights.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"heads.task_weights: expected finite weights >= 0, got {bad}")

@@ -84,7 +84,6 @@ def test_free_dict_fields_take_new_keys_but_dataclasses_stay_strict(tmp_path):
     [
         ("model:\n  heads:\n    lm_weight: 0.5\n", "model.heads.lm_weight"),
         ("data:\n  eval_sampling: middle\n", "data.eval_sampling"),
-        ("model:\n  heads:\n    temporal:\n      nms_iou: 0.7\n", "model.heads.temporal.nms_iou"),
         (
             "model:\n  heads:\n    temporal:\n      feat_source: npz\n",
             "model.heads.temporal.feat_source",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import tpo.data.video
+import tpo.data.sample_frames
 from tpo.train.data import MASK_FRAMES, collate_mask_frames
 
 
@@ -21,7 +21,7 @@ class _Reader:
 
 @pytest.fixture(autouse=True)
 def _fake_video(monkeypatch):
-    monkeypatch.setattr(tpo.data.video, "open_source", lambda path: _Reader())
+    monkeypatch.setattr(tpo.data.sample_frames, "open_source", lambda path: _Reader())
 
 
 def _sample(visible: list[int], valid: list[int], f: int = 8) -> SimpleNamespace:

@@ -35,8 +35,11 @@ class TemporalHeadConfig:
     # classifier (BCE weight frame_fg) whose runs above 0.5 are the first windows, then the spans
     windows_from: str = "queries"
     frame_fg: float = 4.0
+    nms_iou: float | None = None  # post-processing NMS IoU of the answer's windows (None: off)
 
     def __post_init__(self) -> None:
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"temporal.nms_iou must lie in (0, 1] or be null, got {self.nms_iou}")
         if self.hidden % self.num_heads:
             raise ValueError(f"temporal.hidden {self.hidden} not a multiple of num_heads")
         if self.windows_from not in ("queries", "frames"):

@@ -101,3 +101,23 @@ def test_no_config_or_stage_declares_a_manifest_the_yaml_does_not_set():
     from tpo.stages import STAGES
 
     assert all(not hasattr(stage, "manifest") for stage in STAGES.values())
+
+
+def test_saved_configs_of_older_checkpoints_drop_retired_keys(tmp_path, caplog):
+    """A checkpoint's config.yaml from before a setting was retired still loads (the key is
+    dropped with a warning naming it); the same key in a user's YAML stays an error."""
+    from tpo.config import load_saved_config
+    from tpo.config.load import RETIRED_KEYS
+
+    old = tmp_path / "config.yaml"
+    old.write_text(
+        "model:\n  heads:\n    lm_weight: 0.5\n    temporal:\n      feat_source: vision\n"
+        "data:\n  eval_sampling: middle\n  num_frames: 8\n"
+    )
+    with caplog.at_level("WARNING", logger="tpo.config.load"):
+        cfg = load_saved_config(TPOConfig, old)
+    assert cfg.data.num_frames == 8  # the rest of the file is read
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert all(f"'{key}'" in warned for key in RETIRED_KEYS)
+    with pytest.raises(ConfigError, match="lm_weight"):
+        load_config(TPOConfig, [old])

@@ -6,6 +6,7 @@ Every error names the file and the dotted key that is wrong and what was expecte
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Keys that earlier versions wrote into every checkpoint's config.yaml and that no code reads
+# any more. A saved config (`load_saved_config`) drops them with a warning, so older checkpoints
+# keep loading; in a YAML a user writes they stay unknown-key errors.
+RETIRED_KEYS: dict[str, str] = {
+    "model.heads.lm_weight": "the stage's lm_weight sets the LM loss weight",
+    "model.heads.temporal.feat_source": "features come from the vision encoder",
+    "data.eval_sampling": "evaluation samples frames as the predictor does",
+}
 
 
 class ConfigError(ValueError):
@@ -105,6 +117,18 @@ def load_config(
         except OmegaConfBaseException as err:
             raise ConfigError(f"command line: {_describe(err)}") from err
     return merge_into(schema, sources)
+
+
+def load_saved_config(schema: type[T], path: str | Path) -> T:
+    """Build `schema` from a checkpoint's saved `config.yaml`, dropping `RETIRED_KEYS`."""
+    node = _read_yaml(Path(path))
+    for key, why in RETIRED_KEYS.items():
+        parent, _, leaf = key.rpartition(".")
+        holder = OmegaConf.select(node, parent) if parent else node
+        if isinstance(holder, DictConfig) and leaf in holder:
+            holder.pop(leaf)
+            log.warning("%s: ignoring the retired key '%s' (%s)", path, key, why)
+    return merge_into(schema, [(str(path), node)])
 
 
 def to_yaml(cfg: Any) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpo.config import TPOConfig, load_config
+from tpo.config import TPOConfig, load_saved_config
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack
 from tpo.infer.decoding import Decoding
 from tpo.infer.ensemble import DEFAULT_K, EnsembleOptions, PreferenceEnsemble, default_k, resolve_k
@@ -200,7 +200,7 @@ def load(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float
             f"{folder} is not a tpo checkpoint: no config.yaml inside it (expected an inference "
             "folder from `tpo export` or a training checkpoint folder)"
         )
-    cfg = load_config(TPOConfig, [folder / "config.yaml"])
+    cfg = load_saved_config(TPOConfig, folder / "config.yaml")
     model = load_inference_model(folder, device, dtype)
     collator = build_collator(cfg.model, model.mllm)
 

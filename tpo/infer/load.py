@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tpo.config import TPOConfig, load_config
+from tpo.config import TPOConfig, load_saved_config
 from tpo.heads.build import build_model
 from tpo.model.tpo_model import TPOModel
 
@@ -29,7 +29,7 @@ def load_inference_model(
     folder = Path(folder)
     if not (folder / "config.yaml").is_file():
         raise FileNotFoundError(f"{folder} is not a tpo checkpoint: no config.yaml inside it")
-    cfg = load_config(TPOConfig, [folder / "config.yaml"])
+    cfg = load_saved_config(TPOConfig, folder / "config.yaml")
     model = build_model(cfg.model)
     if (folder / MODEL_FILE).is_file():
         _load_all(model, folder / MODEL_FILE, folder)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tpo.config import TPOConfig, load_config
+from tpo.config import TPOConfig, load_config, load_saved_config
 from tpo.data.dataset import VideoTaskDataset
 from tpo.data.manifest import load_manifest, load_records
 from tpo.data.records import AnnotationError
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not (args.checkpoint / "config.yaml").is_file():
         raise SystemExit(f"tpo popen collect: {args.checkpoint} has no config.yaml")
-    cfg = load_config(TPOConfig, [args.checkpoint / "config.yaml"])
+    cfg = load_saved_config(TPOConfig, args.checkpoint / "config.yaml")
     popen = cfg.popen if args.config is None else load_config(TPOConfig, [args.config]).popen
     settings = perturbation_settings(args, popen)
     log.info("perturbations: %s", settings)

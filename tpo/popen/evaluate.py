@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo.config import TPOConfig, load_config
+from tpo.config import TPOConfig, load_saved_config
 from tpo.eval.image_masks import giou_ciou, intersection_union
 from tpo.eval.io import read_json
 from tpo.eval.runner_io import JsonlLog, write_json_atomic, write_text_atomic
@@ -109,7 +109,7 @@ def evaluate(
         folder = Path(folder)
         if not (folder / "config.yaml").is_file():
             raise FileNotFoundError(f"{folder}: not a tpo checkpoint (no config.yaml inside)")
-        cfg = load_config(TPOConfig, [folder / "config.yaml"])
+        cfg = load_saved_config(TPOConfig, folder / "config.yaml")
         k = ensemble or default_k(cfg)
         opts = EnsembleOptions(k, temperature, score, beta=cfg.popen.beta_t, seed=seed)
         predictor = load_predictor(folder, device=device)

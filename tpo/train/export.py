@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tpo.config import TPOConfig, load_config, to_yaml
+from tpo.config import TPOConfig, load_saved_config, to_yaml
 from tpo.heads.build import build_model
 from tpo.train.checkpoint import load_trained_weights
 
@@ -29,7 +29,7 @@ def load_checkpoint_model(ckpt: str | Path):
     ckpt = Path(ckpt)
     if not (ckpt / "config.yaml").is_file():
         raise FileNotFoundError(f"{ckpt} is not a tpo checkpoint: no config.yaml inside it")
-    cfg = load_config(TPOConfig, [ckpt / "config.yaml"])
+    cfg = load_saved_config(TPOConfig, ckpt / "config.yaml")
     model = build_model(cfg.model)
     load_trained_weights(model, ckpt)
     return cfg, model

@@ -23,7 +23,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from tpo.config import TPOConfig, load_config
+    from tpo.config import TPOConfig
     from tpo.eval.learning import (
         METRICS,
         Prior,
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (ckpt / "config.yaml").is_file():
         print(f"{ckpt}: no checkpoint; run `make stage1 stage2 stage3` first", file=sys.stderr)
         return 2
-    cfg = load_config(TPOConfig, [ckpt / "config.yaml"])
+    cfg = load_saved_config(TPOConfig, ckpt / "config.yaml")
     test = load_split(a.root, "test", a.limit)
     train = load_split(a.root, "train")
     trained = load_inference_model(ckpt)

@@ -23,7 +23,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from tpo.config import TPOConfig
+    from tpo.config import TPOConfig, load_saved_config
     from tpo.eval.learning import (
         METRICS,
         Prior,

@@ -123,10 +123,12 @@ class FrameFeatureCache:
         self._memory: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
 
     @torch.no_grad()
+    @torch.no_grad()
     def encode_frames(self, frames: Tensor) -> Tensor:
         """Features `[t, d]` (or `[t, p, d]`) float32 of frames `[t, 3, H, W]` decoded by the data
-        pipeline, on their device, in chunks of `batch_size`; nothing is read or cached (training:
-        the same work on every step and rank, whatever ran before)."""
+        pipeline, on their device, in chunks of `batch_size`, without gradient (as the cached
+        path); nothing is read or cached (training: the same work on every step and rank,
+        whatever ran before)."""
         return torch.cat([self.encode(chunk).float() for chunk in frames.split(self.batch_size)])
 
     def _key(self, video_path: str) -> str:

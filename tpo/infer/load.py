@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from tpo.config import TPOConfig, load_saved_config
 from tpo.heads.build import build_model
 from tpo.model.tpo_model import TPOModel
+from tpo.model.weights import copy_trained
 
 MODEL_FILE = "model.safetensors"  # an inference folder's weights
 CHECKPOINT_WEIGHTS = "weights.safetensors"  # a training checkpoint's trained parameters
@@ -34,7 +35,7 @@ def load_inference_model(
     if (folder / MODEL_FILE).is_file():
         _load_all(model, folder / MODEL_FILE, folder)
     elif (folder / CHECKPOINT_STATE).is_file() and (folder / CHECKPOINT_WEIGHTS).is_file():
-        _load_trained(model, folder / CHECKPOINT_WEIGHTS)
+        copy_trained(model, folder / CHECKPOINT_WEIGHTS)
     else:
         raise FileNotFoundError(
             f"{folder} is neither an inference folder ({MODEL_FILE} + config.yaml) nor a "
@@ -59,23 +60,3 @@ def _load_all(model: TPOModel, file: Path, folder: Path) -> None:
             f"{file} does not fit its config.yaml: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-
-
-def _load_trained(model: TPOModel, file: Path) -> None:
-    """The trained parameters of a training checkpoint, by name onto the seeded model.
-
-    The same copy as `tpo.train.checkpoint.load_trained_weights` (inference does not import
-    the training package), without its check of the base parameters' fingerprint."""
-    tensors = load_file(str(file))
-    own = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise ValueError(f"{file}: tensors with no place in the model: {unknown[:5]}")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if own[name].shape != value.shape:
-                raise ValueError(
-                    f"{file}: {name} has shape {tuple(value.shape)}, the model expects "
-                    f"{tuple(own[name].shape)}"
-                )
-            own[name].copy_(value.to(own[name].dtype))

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tpo.model.sharding import whole
+from tpo.model.weights import copy_trained
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"
@@ -99,19 +100,7 @@ def load_trained_weights(model: nn.Module, ckpt: str | Path, *, check_base: bool
     """
     ckpt = Path(ckpt)
     state = read_state(ckpt)
-    tensors = load_file(str(ckpt / WEIGHTS))
-    own = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise ValueError(f"{ckpt / WEIGHTS}: tensors with no place in the model: {unknown[:5]}")
-    for name, value in tensors.items():
-        if own[name].shape != value.shape:
-            raise ValueError(
-                f"{ckpt / WEIGHTS}: {name} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(own[name].shape)}"
-            )
-        with torch.no_grad():
-            own[name].copy_(value.to(own[name].dtype))
+    tensors = copy_trained(model, ckpt / WEIGHTS)
     if check_base and state.get("base_fingerprint") is not None:
         now = base_fingerprint(model, tensors)
         then = state["base_fingerprint"]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from tpo.config.heads import TemporalHeadConfig
-from tpo.data.video import load_video, open_source
+from tpo.data.video import frames_at, open_source
 from tpo.heads.parts import TimeWindow
 from tpo.heads.span_ops import span_cw_to_xx, span_nms
 from tpo.heads.temporal_criterion import build_temporal_criterion
@@ -291,9 +291,7 @@ def _frame_reader(img_size: int):
     """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
 
     def read(video: str, times: Tensor) -> Tensor:
-        src = open_source(video)
-        idx = np.clip(np.round(times.numpy() * src.fps).astype(np.int64), 0, src.num_total - 1)
-        return load_video(src, img_size=img_size, indices=idx).frames
+        return frames_at(open_source(video), times, img_size)
 
     return read
 

@@ -17,7 +17,14 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from tpo.data.records import AnnotationError, Record
-from tpo.data.video import FrameSource, VideoError, load_video, open_source, sample_feature_times
+from tpo.data.video import (
+    FrameSource,
+    VideoError,
+    frames_at,
+    load_video,
+    open_source,
+    sample_feature_times,
+)
 
 SALIENCY_CLIP_S = 2.0  # QVHighlights scores 2-second clips
 
@@ -250,7 +257,7 @@ class VideoTaskDataset(Dataset):
             sample.spans, sample.saliency = _temporal_targets(rec, clip_start, sample.duration)
             if self.feature_rate is not None:
                 times = sample_feature_times(clip_start + sample.duration, *self.feature_rate)
-                sample.temporal_frames = self._frames_at(src, times)
+                sample.temporal_frames = frames_at(src, times, self.img_size)
                 sample.temporal_times = times
         if rec.task == "region":
             sample.box = _box_target(rec, clip.orig_size)
@@ -258,10 +265,6 @@ class VideoTaskDataset(Dataset):
             sample.masks, sample.mask_valid = _mask_targets(rec, clip.indices)
         return sample
 
-    def _frames_at(self, src: FrameSource, times: torch.Tensor) -> torch.Tensor:
-        """Normalised frames `[t, 3, S, S]` nearest to `times` `[t]` s."""
-        idx = np.clip(np.round(times.numpy() * src.fps).astype(np.int64), 0, src.num_total - 1)
-        return load_video(src, img_size=self.img_size, indices=idx).frames
 
 
 def sample_weights(records: Sequence[Record], weights: Mapping[str, float]) -> torch.Tensor:

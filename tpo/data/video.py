@@ -322,6 +322,13 @@ def open_source(
     raise VideoError(f"load_video: unsupported source type {type(source).__name__}", "bad_input")
 
 
+def frames_at(source: FrameSource, times: torch.Tensor, img_size: int) -> torch.Tensor:
+    """Normalised frames `[t, 3, img_size, img_size]` of `source` nearest to `times` `[t]` s
+    (the temporal head's frames at its feature times)."""
+    idx = np.clip(np.round(times.numpy() * source.fps).astype(np.int64), 0, source.num_total - 1)
+    return normalize_frames(source.read(idx), img_size)
+
+
 def load_video(
     source: VideoSource | FrameSource,
     num_frames: int = 16,

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tpo.data.video import FrameSource, VideoError, load_video, normalize_frames, open_source
+from tpo.data.video import (
+    FrameSource,
+    VideoError,
+    frames_at,
+    load_video,
+    open_source,
+)
 from tpo.heads.temporal_features import sample_feature_times
 from tpo.infer.answer import GroundedAnswer
 from tpo.infer.decoding import Decoding, Greedy
@@ -293,9 +299,7 @@ class Predictor:
 
             # not a file (reader or tensor): the cache keys by path, so encode directly
             times = sample_feature_times(end, cache.feat_fps, cache.max_feats)
-            idx = np.round(times.numpy() * inp.fps).astype(np.int64)
-            idx = np.clip(idx, 0, inp.source.num_total - 1)
-            frames = normalize_frames(inp.raw(idx), self.img_size).to(self.device, self.dtype)
+            frames = frames_at(inp.source, times, self.img_size).to(self.device, self.dtype)
             return cache.encode(frames).float().cpu(), times - inp.clip_start
 
         return compute

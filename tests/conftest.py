@@ -1,6 +1,7 @@
 """Test-wide setup: offline, deterministic, small thread pools (CI has 2 cores)."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,3 +27,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _find_reference() -> Path | None:
+    """The official parity reference (`shared/reference/parity`, beside the checkout).
+
+    `TPO_REFERENCE` names it; else the first ancestor of this checkout that holds
+    `shared/reference/parity`; else the developers' machine's shared folder (CI clones the
+    repository elsewhere). None when none exists: the parity tests then skip, saying why.
+    """
+    env = os.environ.get("TPO_REFERENCE")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for up in here.parents:
+        cand = up / "shared" / "reference" / "parity"
+        if cand.is_dir():
+            return cand
+    cand = Path("/work/shared/reference/parity")
+    return cand if cand.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def parity_reference():
+    """The parity folder: `official-reduced/` (checkpoint) and `expected/` (official outputs)."""
+    ref = _find_reference()
+    if ref is None or not (ref / "official-reduced").is_dir():
+        pytest.skip("no official parity reference: set TPO_REFERENCE to shared/reference/parity")
+    return ref

@@ -121,3 +121,26 @@ def test_saved_configs_of_older_checkpoints_drop_retired_keys(tmp_path, caplog):
     assert all(f"'{key}'" in warned for key in RETIRED_KEYS)
     with pytest.raises(ConfigError, match="lm_weight"):
         load_config(TPOConfig, [old])
+
+
+def test_dot_relative_file_keys_resolve_against_the_yaml_that_sets_them(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        f"base: {Path('configs/tiny/stage1.yaml').resolve()}\n"
+        "model:\n  heads:\n    mask:\n      sam2_config: ./sam2.yaml\n"
+    )
+    folder = tmp_path / "moved" / "dst"
+    folder.mkdir(parents=True)
+    child = folder / "config.yaml"
+    child.write_text(
+        "base: ../../base.yaml\n"
+        "model:\n  llm:\n    tokenizer: ./tokenizer\n    path: ../llm\n"
+    )
+    cfg = load_config(TPOConfig, child)
+    assert cfg.model.llm.tokenizer == str(folder / "tokenizer")
+    assert cfg.model.llm.path == str(tmp_path / "moved" / "llm")
+    assert cfg.model.heads.mask.sam2_config == str(tmp_path / "sam2.yaml")
+    # names and working-folder paths stay as written
+    plain = load_config(TPOConfig, "configs/tiny/stage1.yaml")
+    assert not plain.model.llm.tokenizer.startswith(str(tmp_path))
+    assert load_config(TPOConfig, child, ["model.llm.tokenizer=./x"]).model.llm.tokenizer == "./x"

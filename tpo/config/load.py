@@ -28,6 +28,31 @@ RETIRED_KEYS: dict[str, str] = {
 }
 
 
+# Keys naming local files or folders. A value written "./x" or "../x" is relative to the YAML
+# file that sets it (so a converted or exported folder can be moved); other values are used as
+# given (names such as "mistral-common", sam2 config names, or paths from the working folder).
+FILE_RELATIVE_KEYS: tuple[str, ...] = (
+    "model.vision.checkpoint",
+    "model.connector.bert_init",
+    "model.llm.path",
+    "model.llm.tokenizer",
+    "model.heads.mask.sam2_config",
+    "model.heads.mask.checkpoint",
+)
+
+
+def _resolve_file_keys(node: DictConfig, folder: Path) -> None:
+    """Rewrite the "./"- and "../"-relative values of FILE_RELATIVE_KEYS against `folder`."""
+    for key in FILE_RELATIVE_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        holder = OmegaConf.select(node, parent, default=None)
+        if not isinstance(holder, DictConfig) or leaf not in holder:
+            continue
+        value = holder[leaf]
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            holder[leaf] = str((folder / value).resolve())
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit its schema."""
 
@@ -43,6 +68,7 @@ def _read_yaml(path: Path) -> DictConfig:
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level, got a list")
     bases = node.pop("base", None)
+    _resolve_file_keys(node, path.parent)
     if bases is None:
         return node
     merged: DictConfig | ListConfig = OmegaConf.create({})

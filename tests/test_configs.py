@@ -133,8 +133,7 @@ def test_dot_relative_file_keys_resolve_against_the_yaml_that_sets_them(tmp_path
     folder.mkdir(parents=True)
     child = folder / "config.yaml"
     child.write_text(
-        "base: ../../base.yaml\n"
-        "model:\n  llm:\n    tokenizer: ./tokenizer\n    path: ../llm\n"
+        "base: ../../base.yaml\nmodel:\n  llm:\n    tokenizer: ./tokenizer\n    path: ../llm\n"
     )
     cfg = load_config(TPOConfig, child)
     assert cfg.model.llm.tokenizer == str(folder / "tokenizer")

@@ -13,10 +13,11 @@ from torchvision.ops import generalized_box_iou_loss
 
 from tpo.config.heads import RegionHeadConfig
 from tpo.heads.parts import BoxPrediction
-from tpo.model.task_head import HeadQueries, TaskHead
+from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
 if TYPE_CHECKING:
     from tpo.config.schema import ModelConfig
+    from tpo.data.dataset import Sample
 
 
 @dataclass
@@ -73,6 +74,11 @@ class RegionHead(TaskHead):
     def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> RegionHead | None:
         """From `cfg.heads.region` (None: no region head)."""
         return None if cfg.heads.region is None else cls(cfg.heads.region, d_llm, d_vision)
+
+    @classmethod
+    def targets_from(cls, sample: Sample) -> HeadTargets | None:
+        """`boxes`: the normalised xyxy `[4]` of the asked frame."""
+        return None if sample.box is None else HeadTargets({"boxes": sample.box})
 
     def __init__(self, cfg: RegionHeadConfig, d_llm: int, d_vision: int):
         super().__init__()

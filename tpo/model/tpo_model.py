@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tpo.data.video import normalize_uint8
 from tpo.model.mllm import MLLM, MLLMOutput
 from tpo.model.prompt import VISUAL_TOKEN_ID
 from tpo.model.sharding import zero_through_all
@@ -26,7 +27,8 @@ from tpo.model.task_head import HeadQueries, HeadSample, TaskHead
 class TrainBatch:
     """A collated training batch.
 
-    frames `[b, f, 3, H, W]` normalised; input_ids / attention_mask / labels `[b, s]`;
+    frames `[b, f, 3, H, W]` normalised, or uint8 resized frames that `to` normalises on the
+    device (the training loader's; the same goes for `temporal_frames`); input_ids / attention_mask / labels `[b, s]`;
     targets: per sample a dict keyed by head name holding that head's targets (a sample's
     content tokens without targets train only the LM);
     temporal_frames: per sample with temporal targets, the temporal head's normalised frames
@@ -61,10 +63,10 @@ class TrainBatch:
         for f in fields(self):
             v = getattr(self, f.name)
             if torch.is_tensor(v):
-                v = v.to(device, dtype) if f.name == "frames" else v.to(device)
+                v = _model_frames(v, device, dtype) if f.name == "frames" else v.to(device)
             moved[f.name] = v
         moved["temporal_frames"] = [
-            None if f is None else f.to(device, dtype) for f in self.temporal_frames
+            None if f is None else _model_frames(f, device, dtype) for f in self.temporal_frames
         ]
         moved["targets"] = [
             {
@@ -83,6 +85,13 @@ class TrainBatch:
         for key in ("mask_frames", "temporal_frames"):
             pinned[key] = [None if f is None else f.pin_memory() for f in pinned[key]]
         return TrainBatch(**pinned)
+
+
+def _model_frames(frames: torch.Tensor, device: str | torch.device, dtype: torch.dtype):
+    """Frames on `device` in `dtype`; uint8 frames move as uint8 and are normalised there."""
+    if frames.dtype == torch.uint8:
+        return normalize_uint8(frames.to(device, non_blocking=True)).to(dtype)
+    return frames.to(device, dtype)
 
 
 @dataclass

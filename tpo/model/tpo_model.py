@@ -9,9 +9,9 @@ model for training only, as DETR keeps `SetCriterion` apart), with the same para
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -21,6 +21,18 @@ from tpo.model.mllm import MLLM, MLLMOutput
 from tpo.model.prompt import VISUAL_TOKEN_ID
 from tpo.model.sharding import zero_through_all
 from tpo.model.task_head import HeadQueries, HeadSample, TaskHead
+
+
+class FrameFeatureSource(Protocol):
+    """Per-frame features for the heads (`tpo.heads.temporal_features.FrameFeatureCache`)."""
+
+    def __call__(self, video: str, duration: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: `(feats [t, d], timestamps [t] s)` of a video file."""
+        ...
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Training: features `[t, d]` (or `[t, p, d]`) of decoded frames `[t, 3, H, W]`."""
+        ...
 
 
 @dataclass
@@ -119,7 +131,7 @@ class TPOModel(nn.Module):
         mllm: MLLM,
         heads: Mapping[str, TaskHead],
         *,
-        temporal_features: Callable[[str, float], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        temporal_features: FrameFeatureSource | None = None,
     ) -> None:
         super().__init__()
         self.mllm = mllm

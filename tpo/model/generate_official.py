@@ -104,7 +104,7 @@ def generate_official(
                 output_hidden_states=True, logits_to_keep=1,
             )  # fmt: skip
             cache = step_out.past_key_values
-            cache.crop(kept)  # that step's KV is not kept
+            cache.crop(kept - cache.get_seq_length())  # negative: drop that step's KV
             hidden = step_out.hidden_states[-1][:, -1]  # [b, d]
             for row in fired.any(-1).nonzero()[:, 0].tolist():
                 queries[row].append((int(head[row]), hidden[row]))

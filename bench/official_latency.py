@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+
+import tpo
 
 GOAL = 0.5  # tpo's time per answer / the official one
 MAX_NEW_TOKENS = 20  # the release's limit
@@ -57,9 +60,6 @@ def main() -> None:
     for need in ("expected/run.json", "expected/timing.json", "expected/vision.safetensors"):
         if not (ref / need).is_file():
             sys.exit(f"official_latency: {ref / need}: missing from the parity reference")
-
-    import tpo
-    from safetensors.torch import load_file
 
     torch.set_num_threads(args.threads)
     run = json.loads((ref / "expected/run.json").read_text())

@@ -138,7 +138,9 @@ class PromptCollator:
         prompt_format: str = "tpo",
     ) -> None:
         if prompt_format not in PROMPT_FORMATS:
-            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+            raise ValueError(
+                f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}"
+            )
         if prompt_format == "videochat-tpo" and template != "mistral":
             raise ValueError("prompt_format 'videochat-tpo' needs the mistral template")
         self.tokenizer = tokenizer

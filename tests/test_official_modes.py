@@ -61,8 +61,14 @@ def pipe(tmp_path_factory):
     ]  # fmt: skip
     cfg = load_config(TPOConfig, [ROOT / "configs/tiny/stage3.yaml"], overrides)
     torch.manual_seed(0)
-    folder = save_inference_folder(build_model(cfg.model), cfg, tmp_path_factory.mktemp("m") / "f")
-    return tpo.load(folder)
+    model = build_model(cfg.model)
+    with torch.no_grad():  # non-zero adapters, so merging them changes the weights
+        for p in model.mllm.trainable_groups()["lora"]:
+            p.normal_(std=0.05)
+    folder = save_inference_folder(model, cfg, tmp_path_factory.mktemp("m") / "f")
+    pipe = tpo.load(folder)
+    pipe.model_folder = folder  # for the unmerged copy
+    return pipe
 
 
 def test_loaded_model_prompts_and_decodes_the_release_way(pipe):
@@ -87,3 +93,19 @@ def test_loaded_model_prompts_and_decodes_the_release_way(pipe):
     assert ans.token_ids == gen.token_ids[0] and 0 < len(ans.token_ids) <= 6
     assert tok.eos_token_id not in ans.token_ids
     assert GroundedAnswer.from_json(ans.to_json()).token_ids == ans.token_ids
+
+
+def test_merged_lora_answers_as_the_adapters_do(pipe):
+    unmerged = tpo.load(pipe.model_folder, merge_lora=False)
+    frames = torch.randint(0, 255, (4, 3, 48, 64), dtype=torch.uint8)
+    question = "Where is the square?"
+    inp = pipe.load_input(frames)
+    prompt = pipe.collator.prompts([Turn(question, frame_times=inp.times)])
+    args = (inp.frames[None], prompt.input_ids, prompt.attention_mask)
+    a = pipe.model.mllm.generate(*args, max_new_tokens=6)
+    b = unmerged.model.mllm.generate(*args, max_new_tokens=6)
+    assert a.token_ids == b.token_ids
+    with torch.no_grad():
+        out_a = pipe.model.mllm(*args, return_logits=True).logits
+        out_b = unmerged.model.mllm(*args, return_logits=True).logits
+    assert (out_a - out_b).abs().max() < 1e-4 and not torch.equal(out_a, out_b)

@@ -122,3 +122,24 @@ def test_greedy_tokens_and_head_queries_equal_the_release(ref, tokenizer):
         worst = max(worst, float((gen.task_hidden - want).abs().max()))
     print(f"head_step_hidden max abs diff {worst:.2e}")
     assert worst <= 1e-4, worst
+
+
+def test_release_tokenizer_is_read_the_legacy_way_by_its_class(ref, tokenizer):
+    plain = load_tokenizer(
+        LLMConfig(arch={"model_type": "mistral"}, tokenizer=str(ref / "official-reduced")),
+        task_pairs(),
+    )
+    assert type(plain) is type(tokenizer) and len(plain) == 32007
+    text = " [INST] Track the object <track_box> through the video. [/INST] "
+    assert (
+        plain(text, add_special_tokens=False)["input_ids"]
+        == tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
+
+
+def test_timestamp_question_needs_frame_times(tokenizer):
+    collator = PromptCollator(tokenizer, 4, prompt_format="videochat-tpo")
+    with pytest.raises(ValueError, match="has no frame_times"):
+        collator.prompts([Turn("Give the timestamp of the jump.")])
+    plain = collator.prompts([Turn("What happens?")])  # no timestamp: no times needed
+    assert int((plain.input_ids == tokenizer.bos_token_id).sum()) == 3

@@ -67,7 +67,9 @@ def _norm(text: str) -> str:
 def _answer_batch(model, samples: list[Sample], collator: PromptCollator, max_new_tokens: int):
     """Greedy answers of samples with the same frame count."""
 
-    turns = [Turn(question_text(s.record), None) for s in samples]
+    turns = [
+        Turn(question_text(s.record), None, frame_times=s.timestamps.tolist()) for s in samples
+    ]
     text = collator.prompts(turns)
     p = next(model.mllm.llm.parameters())
     frames = torch.stack([s.frames for s in samples]).to(p.device, p.dtype)

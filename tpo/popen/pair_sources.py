@@ -20,7 +20,7 @@ import torch
 
 from tpo.data.loader_utils import numbered_lines
 from tpo.data.records import Record
-from tpo.data.video import VideoError, load_video
+from tpo.data.video import VideoClip, VideoError, load_video
 from tpo.model.prompt import IGNORE_INDEX, PromptCollator, Turn
 from tpo.popen.collect import clean_batch
 from tpo.popen.curriculum import PHASES, preference_pairs
@@ -97,7 +97,7 @@ class TextualSource:
         """Restore what `state_dict` returned."""
         self.bad_samples, self._counted = Counter(state["bad_samples"]), set(state["counted"])
 
-    def _frames(self, i: int, k: int, bad: list[tuple[int, str]]) -> torch.Tensor | None:
+    def _clip(self, i: int, k: int, bad: list[tuple[int, str]]) -> VideoClip | None:
         p = self.prefs[i]
         rng = np.random.default_rng([self.seed, k, i])
         try:
@@ -110,37 +110,42 @@ class TextualSource:
                 self._seen_bad.add(i)
                 log.warning("popen: skipping textual preference %s: %s", p.source, err)
             return None
-        return clip.frames
+        return clip
 
     def draw(self, k: int, n: int) -> Draw:
         """n pairs for micro-batch k (a bad medium is replaced by the next preference)."""
         gen = _generator(self.seed, k, self.dist, _TEXTUAL)
         picks = torch.randint(len(self.prefs), (n,), generator=gen).tolist()
-        chosen: list[tuple[int, torch.Tensor]] = []
+        chosen: list[tuple[int, VideoClip]] = []
         bad: list[tuple[int, str]] = []
         for i in picks:
             for j in range(len(self.prefs)):
                 idx = (i + j) % len(self.prefs)
-                frames = self._frames(idx, k, bad)
-                if frames is not None:
-                    chosen.append((idx, frames))
+                clip = self._clip(idx, k, bad)
+                if clip is not None:
+                    chosen.append((idx, clip))
                     break
             else:
                 raise RuntimeError(f"popen.textual: no readable media ({dict(self.bad_samples)})")
-        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-        for idx, frames in chosen:
-            groups.setdefault(tuple(frames.shape), []).append((idx, frames))
+        groups: dict[tuple, list[tuple[int, VideoClip]]] = {}
+        for idx, clip in chosen:
+            groups.setdefault(tuple(clip.frames.shape), []).append((idx, clip))
         return Draw([self._collate(g) for g in groups.values()], bad)
 
-    def _collate(self, group: list[tuple[int, torch.Tensor]]) -> TextualPairs:
+    def _collate(self, group: list[tuple[int, VideoClip]]) -> TextualPairs:
         prefs = [self.prefs[i] for i, _ in group]
         history = [[tuple(t) for t in p.extra.get("history", [])] for p in prefs]
-        turns = [Turn(p.instruction, p.y_c, h) for p, h in zip(prefs, history)]
-        turns += [Turn(p.instruction, p.y, h) for p, h in zip(prefs, history)]
+        times = [c.timestamps.tolist() for _, c in group]
+        turns = [
+            Turn(p.instruction, p.y_c, h, frame_times=t) for p, h, t in zip(prefs, history, times)
+        ]
+        turns += [
+            Turn(p.instruction, p.y, h, frame_times=t) for p, h, t in zip(prefs, history, times)
+        ]
         text = self.collator(turns)
         edits = [p.l_yc for p in prefs] + [p.l_y for p in prefs]
         return TextualPairs(
-            torch.stack([f for _, f in group]),
+            torch.stack([c.frames for _, c in group]),
             text.input_ids,
             text.attention_mask,
             text.labels,

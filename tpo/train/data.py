@@ -141,7 +141,15 @@ def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
     """Samples -> TrainBatch: prompt tokens, frames, and each registered head's targets
     (`TaskHead.targets_from`) and extra inputs."""
     text = collator(
-        [Turn(question_text(s.record), s.record.answer, s.record.history) for s in samples]
+        [
+            Turn(
+                question_text(s.record),
+                s.record.answer,
+                s.record.history,
+                frame_times=s.timestamps.tolist(),
+            )
+            for s in samples
+        ]
     )
     heads = registry.heads()
     targets, mask_frames, box_frames = [], [], []
@@ -221,4 +229,5 @@ def text_collator(cfg: TPOConfig) -> PromptCollator:
         max_len=llm.max_text_len,
         template=llm.template,
         system_msg=llm.system_msg,
+        prompt_format=llm.prompt_format,
     )

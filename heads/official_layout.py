@@ -25,6 +25,12 @@ Q-Former's `position_ids` buffer) are kept as they are beside a converted model.
 
 from __future__ import annotations
 
+# the files of a converted folder that hold the official layout (tpo.infer.convert)
+UNMAPPED_FILE = "unmapped.safetensors"  # the official tensors without a home, as they were
+OFFICIAL_FILE = "official.json"  # every official name, dtype, shape, shard; config.json
+TOKENIZER_DIR = "tokenizer"  # the release's tokenizer files
+INDEX_FILE = "model.safetensors.index.json"  # a sharded official checkpoint's index
+
 # official prefix -> tpo prefix, tried in order (the first that matches wins)
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("vision_encoder.encoder.", "mllm.vision."),

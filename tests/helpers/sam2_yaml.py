@@ -6,6 +6,7 @@ goes to the builder unchanged."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from tpo.heads import mask, sam2_backend
 
 
-def _build(cfg, device="cpu"):
+def _build(cfg, device="cpu", force_device=None):
+    device = force_device or device
     if not Path(cfg.sam2_config).is_file():
         return _ORIGINAL(cfg, device)
     from hydra import initialize_config_dir
@@ -36,8 +38,9 @@ _ORIGINAL = sam2_backend.build_sam2_model
 
 
 @contextlib.contextmanager
-def sam2_from_file() -> Iterator[None]:
-    """Patch the SAM2 builder (see the module docstring) for the block."""
+def sam2_from_file(device: str | None = None) -> Iterator[None]:
+    """Patch the SAM2 builder (see the module docstring) for the block; `device` "meta" builds
+    SAM2 without memory."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mask, "build_sam2_model", _build)
+        mp.setattr(mask, "build_sam2_model", functools.partial(_build, force_device=device))
         yield

@@ -42,10 +42,10 @@ from tpo.model.folder import CONFIG_FILE, MODEL_FILE, StreamedSafetensors, commi
 from tpo.model.folder import replace_folder
 from tpo.model.tokens import TaskTokenIds, load_tokenizer
 
-UNMAPPED_FILE = "unmapped.safetensors"
-OFFICIAL_FILE = "official.json"
+UNMAPPED_FILE = layout.UNMAPPED_FILE
+OFFICIAL_FILE = layout.OFFICIAL_FILE
 SAM2_FILE = "sam2.yaml"
-TOKENIZER_DIR = "tokenizer"
+TOKENIZER_DIR = layout.TOKENIZER_DIR
 TOKENIZER_FILES = (
     "tokenizer.model",
     "tokenizer.json",
@@ -54,7 +54,7 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 FOLDER_FILES = {CONFIG_FILE, MODEL_FILE, UNMAPPED_FILE, OFFICIAL_FILE, SAM2_FILE, TOKENIZER_DIR}
-INDEX_FILE = "model.safetensors.index.json"
+INDEX_FILE = layout.INDEX_FILE
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 _CODES = {
     "F64": torch.float64,
@@ -90,11 +90,13 @@ class OfficialSource:
             )
         files = sorted(set(self.shard.values())) or [MODEL_FILE]
         self.specs: dict[str, Spec] = {}
+        self.metadata: dict[str, dict[str, str] | None] = {}  # per shard file
         for file in files:
             path = self.folder / file
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: a shard the index names is missing")
             with safe_open(str(path), "pt") as f:
+                self.metadata[file] = f.metadata()
                 for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                     s = f.get_slice(name)
                     self.specs[name] = (_CODES[s.get_dtype()], tuple(s.get_shape()))
@@ -347,6 +349,10 @@ def convert_videochat_tpo(
             for n, (d, s) in source.specs.items()
         ],
         "sharded": (src / INDEX_FILE).is_file(),
+        "config_text": (src / "config.json").read_text(),
+        "metadata": source.metadata,
+        "content_rows": plan.content_rows,
+        "delta_rows": plan.delta_rows,
         "cgdetr": {**official_config.RELEASE_CGDETR, **(_read_json(cgdetr_config, "--cgdetr-config") or {})},
         "modes_pending": pending,
     }

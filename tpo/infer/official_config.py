@@ -164,12 +164,18 @@ def llm_config(
     rows, width = _shape(shapes, embed, where)
     arch = {k: v for k, v in {**RELEASE_LLM, **(side or {})}.items() if k not in _NOT_ARCH}
     arch.setdefault("model_type", "mistral")
-    _check(where, "llm hidden_size", arch.get("hidden_size"), width)
+    if side is not None:
+        _check(where, "llm config hidden_size", side.get("hidden_size"), width)
+    arch["hidden_size"] = width
     arch["vocab_size"] = rows  # the official resizes v0.3's 32,768 rows to the tokenizer's
     arch["num_hidden_layers"] = _count(shapes, rf"{re.escape(root)}model\.layers\.(\d+)\.")
-    if side is None:  # widths the side file would give: read them off the tensors
-        gate = f"{root}model.layers.0.mlp.gate_proj" + (".base_layer" if peft else "")
-        arch["intermediate_size"] = _shape(shapes, gate + ".weight", where)[0]
+    if side is None:  # widths a side file would give: read them off the tensors
+        base = ".base_layer" if peft else ""
+        layer = f"{root}model.layers.0."
+        arch["intermediate_size"] = _shape(shapes, f"{layer}mlp.gate_proj{base}.weight", where)[0]
+        head_dim = width // int(arch["num_attention_heads"])
+        kv_rows = _shape(shapes, f"{layer}self_attn.k_proj{base}.weight", where)[0]
+        arch["num_key_value_heads"] = kv_rows // head_dim
     targets = [
         t for t in (*LORA_TARGETS, "lm_head") if any(f".{t}.lora_A." in k for k in shapes)
     ]

@@ -1,0 +1,140 @@
+"""`tpo convert videochat-tpo` and `tpo export --format videochat-tpo`: the official reduced
+folder converts into a folder `build_model` fits exactly and that exports back bit for bit;
+the full-size release's 2,594 names and shapes convert on the meta device."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.release_shapes import meta_device, release_specs
+from helpers.sam2_yaml import sam2_from_file
+from safetensors import safe_open
+
+from tpo.cli import main
+from tpo.config import TPOConfig, load_saved_config
+from tpo.heads import official_layout as layout
+from tpo.heads.build import build_model
+from tpo.heads.registry import task_pairs
+from tpo.infer.convert import OfficialSource, converted_config, plan_conversion
+from tpo.infer.official_config import OFFICIAL_MODES
+
+SIDE = ("llm_config.json", "qformer_config.json", "sam2.yaml", "cgdetr_config.json")
+FLAGS = ("--llm-config", "--qformer-config", "--sam2-config", "--cgdetr-config")
+
+
+def convert_args(src: Path, out: Path) -> list[str]:
+    """The command line converting the reduced folder with its side configs."""
+    args = ["convert", "videochat-tpo", str(src), "--out", str(out)]
+    for flag, name in zip(FLAGS, SIDE):
+        args += [flag, str(src / name)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def converted(parity_reference, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("convert") / "reduced"
+    assert main(convert_args(parity_reference / "official-reduced", out)) == 0
+    return out
+
+
+def _tensors(file: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(file), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+def test_converted_folder_fits_build_model(converted, parity_reference):
+    cfg = load_saved_config(TPOConfig, converted / "config.yaml")
+    assert cfg.model.llm.tokenizer == str((converted / "tokenizer").resolve())
+    assert cfg.model.heads.mask.sam2_config == str((converted / "sam2.yaml").resolve())
+    assert cfg.model.heads.mask.image_size == 256 and cfg.model.heads.temporal is None
+    assert cfg.model.llm.arch["vocab_size"] == 32007 and cfg.model.connector.vocab_size == 101
+    with sam2_from_file():
+        model = build_model(cfg.model)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(converted / "model.safetensors"), "pt") as f:
+        got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    assert got == want
+    # the task vectors fill the content rows of their heads; the embedding's task rows the delta
+    src = _tensors(parity_reference / "official-reduced" / "model.safetensors")
+    out = _tensors(converted / "model.safetensors")
+    contents = [p.content for p in task_pairs()]
+    for name, token in layout.CONTENT_VECTORS.items():
+        assert torch.equal(out[layout.CONTENT][contents.index(token)], src[name].reshape(-1))
+    assert torch.equal(out[layout.EMBED_DELTA], src[layout.EMBED][32000:32007])
+    kept = _tensors(converted / "unmapped.safetensors")
+    assert len(kept) == 303 and all(torch.equal(v, src[k]) for k, v in kept.items())
+    assert len(out) + len(kept) == len(src) - 3 + 1 + 1  # 3 vectors -> 1 content; + the delta
+
+
+def test_round_trip_is_bit_identical(converted, parity_reference, tmp_path, capsys):
+    out = tmp_path / "official"
+    assert main(["export", str(converted), "--format", "videochat-tpo", "--out", str(out)]) == 0
+    src = parity_reference / "official-reduced"
+    a, b = _tensors(src / "model.safetensors"), _tensors(out / "model.safetensors")
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert torch.equal(a[name].view(-1).view(torch.uint8), b[name].view(-1).view(torch.uint8))
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json", "added_tokens.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_official_modes_are_recorded(converted):
+    record = json.loads((converted / "official.json").read_text())
+    cfg = load_saved_config(TPOConfig, converted / "config.yaml")
+    for key, value in OFFICIAL_MODES.items():  # set where the config has the field, else pending
+        *parents, leaf = key.split(".")
+        holder = cfg
+        for part in parents:
+            holder = getattr(holder, part)
+        assert getattr(holder, leaf, None) == value or key in record["modes_pending"]
+    assert record["cgdetr"]["hidden_dim"] == 32 and record["cgdetr"]["nheads"] == 8
+
+
+def test_unknown_or_missing_tensors_are_errors(parity_reference):
+    source = OfficialSource(parity_reference / "official-reduced")
+    contents = [p.content for p in task_pairs()]
+    specs = dict(source.specs)
+    specs["extra_head.weight"] = (torch.float32, (4, 4))
+    with pytest.raises(ValueError, match="extra_head.weight"):
+        plan_conversion(specs, contents, list(range(32000, 32007)), torch.float32)
+    specs = {k: v for k, v in source.specs.items() if k != "box_token"}
+    with pytest.raises(ValueError, match="box_token"):
+        plan_conversion(specs, contents, list(range(32000, 32007)), torch.float32)
+    config = json.loads((parity_reference / "official-reduced" / "config.json").read_text())
+    specs = {k: v for k, v in source.specs.items() if not k.startswith("loc_decoder.")}
+    with pytest.raises(ValueError, match="loc_decoder.0.weight"):
+        converted_config(config, specs)
+    side = json.loads((parity_reference / "official-reduced" / "llm_config.json").read_text())
+    with pytest.raises(ValueError, match="hidden_size is 128"):
+        converted_config(config, source.specs, llm_side={**side, "hidden_size": 128})
+
+
+def test_full_size_release_converts_on_meta(parity_reference):
+    shared = parity_reference.parent
+    names = list(json.loads((shared / "videochat-tpo.safetensors.index.json").read_text())[
+        "weight_map"
+    ])
+    assert len(names) == 2594
+    reduced = OfficialSource(parity_reference / "official-reduced").specs
+    specs = release_specs(names, {k: s for k, (_, s) in reduced.items()})
+    config = json.loads((shared / "videochat-tpo.config.json").read_text())
+    tokenizer = str(parity_reference / "official-reduced")  # the release's tokenizer files
+    cfg, _ = converted_config(config, specs, tokenizer=tokenizer)
+    assert cfg.model.llm.arch["vocab_size"] == 32007 and cfg.model.vision.depth == 24
+    assert cfg.model.connector.vocab_size == 30523 and cfg.model.heads.region.hidden == 2048
+    contents = [p.content for p in task_pairs()]
+    plan = plan_conversion(specs, contents, list(range(32000, 32007)), torch.bfloat16)
+    assert len(plan.kept) == 303
+    import sam2
+
+    mask = cfg.model.heads.mask
+    mask.sam2_config = str(Path(sam2.__file__).parent / "configs/sam2/sam2_hiera_l.yaml")
+    with sam2_from_file(device="meta"), meta_device():
+        model = build_model(cfg.model)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {name: tuple(shape) for name, _, shape in plan.specs}
+    assert got == want
+    assert len(names) - len(plan.kept) == 2291  # mapped
+    assert len(got) == 2291 - 3 + 1 + 1  # 3 vectors -> 1 content; the embed -> base + delta

@@ -113,9 +113,9 @@ def test_unknown_or_missing_tensors_are_errors(parity_reference):
 
 def test_full_size_release_converts_on_meta(parity_reference):
     shared = parity_reference.parent
-    names = list(json.loads((shared / "videochat-tpo.safetensors.index.json").read_text())[
-        "weight_map"
-    ])
+    names = list(
+        json.loads((shared / "videochat-tpo.safetensors.index.json").read_text())["weight_map"]
+    )
     assert len(names) == 2594
     reduced = OfficialSource(parity_reference / "official-reduced").specs
     specs = release_specs(names, {k: s for k, (_, s) in reduced.items()})

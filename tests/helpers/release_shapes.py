@@ -60,11 +60,19 @@ _FIXED = {
     "loc_decoder.2.bias": (4,),
 }
 _VIT_BLOCK = {
-    "norm1.weight": (V,), "norm1.bias": (V,), "norm2.weight": (V,), "norm2.bias": (V,),
-    "attn.qkv.weight": (3 * V, V), "attn.q_bias": (V,), "attn.v_bias": (V,),
-    "attn.proj.weight": (V, V), "attn.proj.bias": (V,),
-    "mlp.fc1.weight": (4 * V, V), "mlp.fc1.bias": (4 * V,),
-    "mlp.fc2.weight": (V, 4 * V), "mlp.fc2.bias": (V,),
+    "norm1.weight": (V,),
+    "norm1.bias": (V,),
+    "norm2.weight": (V,),
+    "norm2.bias": (V,),
+    "attn.qkv.weight": (3 * V, V),
+    "attn.q_bias": (V,),
+    "attn.v_bias": (V,),
+    "attn.proj.weight": (V, V),
+    "attn.proj.bias": (V,),
+    "mlp.fc1.weight": (4 * V, V),
+    "mlp.fc1.bias": (4 * V,),
+    "mlp.fc2.weight": (V, 4 * V),
+    "mlp.fc2.bias": (V,),
 }
 _MLP_OUT = {"track_embed": 768, "track_embed_decode2": 4, "temporal_embed": 2, "action_embed": 1}
 
@@ -141,8 +149,11 @@ def release_specs(
             shape = _qformer(m.group(1))
         elif name.startswith("lm."):
             shape = _llm(name)
-        elif m := re.match(r"(track_embed|track_embed_decode2|temporal_embed|action_embed)"
-                           r"\.layers\.(\d)\.(weight|bias)", name):
+        elif m := re.match(
+            r"(track_embed|track_embed_decode2|temporal_embed|action_embed)"
+            r"\.layers\.(\d)\.(weight|bias)",
+            name,
+        ):
             width = L if m.group(2) == "0" else _MLP_OUT[m.group(1)]
             shape = (width, L) if m.group(3) == "weight" else (width,)
         elif name.startswith("sam."):

@@ -27,7 +27,9 @@ def _build(cfg, device="cpu", force_device=None):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(path.parent), version_base="1.2"):
         model = build_sam2_video_predictor(
-            path.name, cfg.checkpoint, device=str(device),
+            path.name,
+            cfg.checkpoint,
+            device=str(device),
             hydra_overrides_extra=[f"++model.image_size={cfg.image_size}"],
         )
     model.fill_hole_area = 0  # hole filling needs sam2's CUDA extension

@@ -353,7 +353,10 @@ def convert_videochat_tpo(
         "metadata": source.metadata,
         "content_rows": plan.content_rows,
         "delta_rows": plan.delta_rows,
-        "cgdetr": {**official_config.RELEASE_CGDETR, **(_read_json(cgdetr_config, "--cgdetr-config") or {})},
+        "cgdetr": {
+            **official_config.RELEASE_CGDETR,
+            **(_read_json(cgdetr_config, "--cgdetr-config") or {}),
+        },
         "modes_pending": pending,
     }
     (tmp / OFFICIAL_FILE).write_text(json.dumps(record, indent=1))

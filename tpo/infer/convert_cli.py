@@ -21,9 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sam2-config", help="SAM2 Hydra YAML (default: sam2's configs/sam2/sam2_hiera_l.yaml)"
     )
-    parser.add_argument(
-        "--cgdetr-config", help="JSON of CG-DETR fields (default: the release's)"
-    )
+    parser.add_argument("--cgdetr-config", help="JSON of CG-DETR fields (default: the release's)")
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), help="weights' dtype (default: the source's)"
     )

@@ -176,9 +176,7 @@ def llm_config(
         head_dim = width // int(arch["num_attention_heads"])
         kv_rows = _shape(shapes, f"{layer}self_attn.k_proj{base}.weight", where)[0]
         arch["num_key_value_heads"] = kv_rows // head_dim
-    targets = [
-        t for t in (*LORA_TARGETS, "lm_head") if any(f".{t}.lora_A." in k for k in shapes)
-    ]
+    targets = [t for t in (*LORA_TARGETS, "lm_head") if any(f".{t}.lora_A." in k for k in shapes)]
     lora_a = next((k for k in shapes if ".lora_A." in k), None)
     lora = {
         "enabled": peft,

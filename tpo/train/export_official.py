@@ -82,8 +82,13 @@ def write_official(record: dict, names: set[str], get: Getter, kept: Getter, out
     by_shard: dict[str, list[tuple[str, torch.dtype, tuple[int, ...]]]] = {}
     for name, dtype, shape, shard in record["tensors"]:
         by_shard.setdefault(shard, []).append((name, getattr(torch, dtype), tuple(shape)))
-    tokenizer_files = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                       "added_tokens.json", "special_tokens_map.json"}
+    tokenizer_files = {
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "added_tokens.json",
+        "special_tokens_map.json",
+    }
     tmp = replace_folder(out, set(by_shard) | {layout.INDEX_FILE, "config.json"} | tokenizer_files)
     stream = official_tensors(record, get, kept)
     total = 0
@@ -105,7 +110,9 @@ def write_official(record: dict, names: set[str], get: Getter, kept: Getter, out
     return tmp
 
 
-def export_official(src: str | Path, out: str | Path, layout_from: str | Path | None = None) -> Path:
+def export_official(
+    src: str | Path, out: str | Path, layout_from: str | Path | None = None
+) -> Path:
     """Write `src` (a converted folder, or a checkpoint with `layout_from` = the converted
     folder it was trained from) in the official layout into `out` (atomically)."""
     src = Path(src)

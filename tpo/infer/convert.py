@@ -38,8 +38,13 @@ from tpo.config.load import merge_into
 from tpo.heads import official_layout as layout
 from tpo.heads.registry import task_pairs
 from tpo.infer import official_config
-from tpo.model.folder import CONFIG_FILE, MODEL_FILE, StreamedSafetensors, commit_folder
-from tpo.model.folder import replace_folder
+from tpo.model.folder import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    StreamedSafetensors,
+    commit_folder,
+    replace_folder,
+)
 from tpo.model.tokens import TaskTokenIds, load_tokenizer
 
 UNMAPPED_FILE = layout.UNMAPPED_FILE

@@ -19,8 +19,13 @@ import torch
 from safetensors import safe_open
 
 from tpo.heads import official_layout as layout
-from tpo.model.folder import MODEL_FILE, StreamedSafetensors, commit_folder, inference_state
-from tpo.model.folder import replace_folder
+from tpo.model.folder import (
+    MODEL_FILE,
+    StreamedSafetensors,
+    commit_folder,
+    inference_state,
+    replace_folder,
+)
 from tpo.train.export import load_checkpoint_model
 
 Getter = Callable[[str], torch.Tensor]

@@ -29,6 +29,13 @@ from __future__ import annotations
 UNMAPPED_FILE = "unmapped.safetensors"  # the official tensors without a home, as they were
 OFFICIAL_FILE = "official.json"  # every official name, dtype, shape, shard; config.json
 TOKENIZER_DIR = "tokenizer"  # the release's tokenizer files
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+)
 INDEX_FILE = "model.safetensors.index.json"  # a sharded official checkpoint's index
 
 # official prefix -> tpo prefix, tried in order (the first that matches wins)

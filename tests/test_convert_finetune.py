@@ -13,6 +13,7 @@ import tpo
 from tpo.cli import main
 from tpo.config import TPOConfig, load_saved_config
 
+MODEL = "model.safetensors"
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = (
     ("--llm-config", "llm_config.json"),
@@ -58,6 +59,18 @@ def test_stage3_from_a_converted_folder(parity_reference, tmp_path):
         assert cfg.model.base_weights == str(dst.resolve())
         assert cfg.model.llm.arch["vocab_size"] == 32007  # the folder's model, not the YAML's
         model = tpo.load(out / "final").model
+        # the fine-tuned checkpoint in the official layout: the release's names, shapes, dtypes
+        back = tmp_path / "official"
+        export = ["export", str(out / "final"), "--format", "videochat-tpo", "--out", str(back)]
+        assert main([*export, "--layout", str(dst)]) == 0
+    official, again = load_file(str(src / "model.safetensors")), load_file(str(back / MODEL))
+    assert sorted(official) == sorted(again)
+    assert all(
+        official[k].dtype == v.dtype and official[k].shape == v.shape for k, v in again.items()
+    )
+    assert torch.equal(
+        again["cg_model.query_embed.weight"], official["cg_model.query_embed.weight"]
+    )
     converted = load_file(str(dst / "model.safetensors"))
     trained = load_file(str(out / "final" / "weights.safetensors"))
     state = model.state_dict()

@@ -51,13 +51,7 @@ UNMAPPED_FILE = layout.UNMAPPED_FILE
 OFFICIAL_FILE = layout.OFFICIAL_FILE
 SAM2_FILE = "sam2.yaml"
 TOKENIZER_DIR = layout.TOKENIZER_DIR
-TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "added_tokens.json",
-    "special_tokens_map.json",
-)
+TOKENIZER_FILES = layout.TOKENIZER_FILES
 FOLDER_FILES = {CONFIG_FILE, MODEL_FILE, UNMAPPED_FILE, OFFICIAL_FILE, SAM2_FILE, TOKENIZER_DIR}
 INDEX_FILE = layout.INDEX_FILE
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

@@ -102,14 +102,14 @@ def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
-def replace_folder(out: str | Path, allowed: set[str]) -> Path:
+def replace_folder(out: str | Path, allowed: set[str], kind: str = "an inference folder") -> Path:
     """A fresh temp folder beside `out` for writing it; `out` may exist only when it holds
-    nothing but `allowed` names (the files of an earlier write of the same kind)."""
+    nothing but `allowed` names (the files of an earlier write of the same `kind`)."""
     out = Path(out)
     if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= allowed):
         raise FileExistsError(
-            f"{out} exists and holds more than {sorted(allowed)}: writing replaces its --out "
-            "folder, so pick a new or empty one"
+            f"{out} exists and is not {kind} (expected nothing but {sorted(allowed)} inside "
+            "it): writing replaces its --out folder, so pick a new or empty one"
         )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

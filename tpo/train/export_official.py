@@ -94,7 +94,8 @@ def write_official(record: dict, names: set[str], get: Getter, kept: Getter, out
         "added_tokens.json",
         "special_tokens_map.json",
     }
-    tmp = replace_folder(out, set(by_shard) | {layout.INDEX_FILE, "config.json"} | tokenizer_files)
+    allowed = set(by_shard) | {layout.INDEX_FILE, "config.json"} | tokenizer_files
+    tmp = replace_folder(out, allowed, "an official VideoChat-TPO folder")
     stream = official_tensors(record, get, kept)
     total = 0
     for shard, specs in by_shard.items():

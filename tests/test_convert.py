@@ -138,3 +138,35 @@ def test_full_size_release_converts_on_meta(parity_reference):
     assert got == want
     assert len(names) - len(plan.kept) == 2291  # mapped
     assert len(got) == 2291 - 3 + 1 + 1  # 3 vectors -> 1 content; the embed -> base + delta
+
+
+def test_sharded_release_round_trips(parity_reference, tmp_path):
+    """The release layout (index + shards): converted and exported back shard by shard."""
+    from safetensors.torch import save_file
+
+    src = parity_reference / "official-reduced"
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    tensors = _tensors(src / "model.safetensors")
+    names = list(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(sharded / file), metadata={"format": "pt"})
+    weight_map = {n: f for f, part in shards.items() for n in part}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (sharded / layout.INDEX_FILE).write_text(json.dumps(index))
+    for name in (*SIDE, "config.json", "tokenizer.model", "tokenizer_config.json"):
+        (sharded / name).write_bytes((src / name).read_bytes())
+    out, back = tmp_path / "converted", tmp_path / "back"
+    assert main(convert_args(sharded, out)) == 0
+    assert main(["export", str(out), "--format", "videochat-tpo", "--out", str(back)]) == 0
+    again = json.loads((back / layout.INDEX_FILE).read_text())
+    assert again["weight_map"] == weight_map and again["metadata"]["total_size"] == total
+    for file, part in shards.items():
+        got = _tensors(back / file)
+        assert sorted(got) == sorted(part)
+        assert all(torch.equal(got[n], tensors[n]) for n in part)

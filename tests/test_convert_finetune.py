@@ -63,6 +63,10 @@ def test_stage3_from_a_converted_folder(parity_reference, tmp_path):
         back = tmp_path / "official"
         export = ["export", str(out / "final"), "--format", "videochat-tpo", "--out", str(back)]
         assert main([*export, "--layout", str(dst)]) == 0
+        # and as a tpo inference folder, which holds every weight (no base_weights)
+        assert main(["export", str(out / "final"), "--out", str(tmp_path / "tpo")]) == 0
+        folder = load_saved_config(TPOConfig, tmp_path / "tpo" / "config.yaml")
+        assert folder.model.base_weights is None
     official, again = load_file(str(src / "model.safetensors")), load_file(str(back / MODEL))
     assert sorted(official) == sorted(again)
     assert all(

@@ -32,8 +32,7 @@ def load_inference_model(
     cfg = load_saved_config(TPOConfig, folder / "config.yaml")
     model = build_model(cfg.model)
     if (folder / MODEL_FILE).is_file():
-        if cfg.model.base_weights is None or Path(cfg.model.base_weights) != folder.resolve():
-            load_all(model, folder / MODEL_FILE, folder / "config.yaml")
+        load_all(model, folder / MODEL_FILE, folder / "config.yaml")
     elif (folder / CHECKPOINT_STATE).is_file() and (folder / CHECKPOINT_WEIGHTS).is_file():
         copy_trained(model, folder / CHECKPOINT_WEIGHTS)
     else:

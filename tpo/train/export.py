@@ -36,6 +36,7 @@ def export(ckpt: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
     """Write an inference folder for checkpoint `ckpt` into `out` (atomically)."""
     cfg, model = load_checkpoint_model(ckpt)
     model.float()
+    cfg.model.base_weights = None  # the folder holds every weight itself
     if merge_lora and cfg.model.llm.lora.enabled:
         llm = model.mllm.llm
         llm.model = llm.model.merge_and_unload()

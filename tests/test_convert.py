@@ -16,7 +16,12 @@ from tpo.config import TPOConfig, load_saved_config
 from tpo.heads import official_layout as layout
 from tpo.heads.build import build_model
 from tpo.heads.registry import task_pairs
-from tpo.infer.convert import OfficialSource, converted_config, plan_conversion
+from tpo.infer.convert import (
+    OfficialSource,
+    check_against_model,
+    converted_config,
+    plan_conversion,
+)
 from tpo.infer.official_config import OFFICIAL_MODES
 
 SIDE = ("llm_config.json", "qformer_config.json", "sam2.yaml", "cgdetr_config.json")
@@ -109,6 +114,22 @@ def test_unknown_or_missing_tensors_are_errors(parity_reference):
     side = json.loads((parity_reference / "official-reduced" / "llm_config.json").read_text())
     with pytest.raises(ValueError, match="hidden_size is 128"):
         converted_config(config, source.specs, llm_side={**side, "hidden_size": 128})
+    # a tensor the built model needs but the checkpoint lacks: named by its official name
+    lost = "lm.base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"
+    specs = {k: v for k, v in source.specs.items() if k != lost}
+    qformer = json.loads(
+        (parity_reference / "official-reduced" / "qformer_config.json").read_text()
+    )
+    cfg, _ = converted_config(
+        config,
+        specs,
+        llm_side=side,
+        qformer_side=qformer,
+        tokenizer=str(parity_reference / "official-reduced"),
+    )
+    plan = plan_conversion(specs, contents, list(range(32000, 32007)), torch.float32)
+    with pytest.raises(ValueError, match=lost.replace(".", r"\.")):
+        check_against_model(plan, cfg.model, where="test")
 
 
 def test_full_size_release_converts_on_meta(parity_reference):

@@ -35,7 +35,9 @@ from tqdm import tqdm
 
 from tpo.config import TPOConfig, to_yaml
 from tpo.config.load import merge_into
+from tpo.config.schema import ModelConfig
 from tpo.heads import official_layout as layout
+from tpo.heads.build import build_model
 from tpo.heads.registry import task_pairs
 from tpo.infer import official_config
 from tpo.model.folder import (
@@ -67,6 +69,7 @@ _CODES = {
 }
 
 Spec = tuple[torch.dtype, tuple[int, ...]]
+MASK_PREFIX = "heads.mask."  # the mask head: its prompt MLP and SAM2
 
 
 class OfficialSource:
@@ -195,6 +198,39 @@ def plan_conversion(
     return Plan(out, kept, vectors, delta_rows)
 
 
+def check_against_model(plan: Plan, model_cfg: ModelConfig, where: str) -> None:
+    """The planned tensors are exactly those of `build_model(model_cfg)` (built on the meta
+    device, so nothing is allocated), with the same shapes; a missing, extra or misshapen
+    tensor is an error naming it. SAM2 (the mask head's backend) is left out of this check:
+    the mask head's build loads it strictly from the same names."""
+    heads = dataclasses.replace(model_cfg.heads, mask=None)
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(model_cfg, heads=heads))
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {n: s for n, _, s in plan.specs if not n.startswith(MASK_PREFIX)}
+    missing = sorted(set(want) - set(got))
+    if missing:
+        official = [_official_name(n) for n in missing[:5]]
+        raise ValueError(f"{where}: the checkpoint lacks {len(missing)} tensors: {official}")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise ValueError(f"{where}: tensors the converted config does not build: {extra[:5]}")
+    bad = [(n, got[n], want[n]) for n in want if got[n] != want[n]]
+    if bad:
+        n, g, w = bad[0]
+        raise ValueError(
+            f"{where}: {_official_name(n)} has shape {g}, the converted config builds {w} "
+            f"({len(bad)} tensors differ)"
+        )
+
+
+def _official_name(name: str) -> str:
+    try:
+        return layout.to_official(name)
+    except KeyError:
+        return name
+
+
 def _read_json(path: str | Path | None, what: str) -> dict[str, Any] | None:
     if path is None:
         return None
@@ -312,6 +348,7 @@ def convert_videochat_tpo(
     llm = dataclasses.replace(cfg.model.llm, tokenizer=str(tmp / TOKENIZER_DIR))
     ids = TaskTokenIds.from_tokenizer(load_tokenizer(llm, pairs), pairs)
     plan = plan_conversion(source.specs, [p.content for p in pairs], list(ids.all), cast)
+    check_against_model(plan, dataclasses.replace(cfg.model, llm=llm), where=str(src))
     report = ConversionReport(Path(out), dtype=str(cast).removeprefix("torch."))
     report.modes_pending = pending
     writer = StreamedSafetensors(

@@ -191,3 +191,13 @@ def test_sharded_release_round_trips(parity_reference, tmp_path):
         got = _tensors(back / file)
         assert sorted(got) == sorted(part)
         assert all(torch.equal(got[n], tensors[n]) for n in part)
+
+
+def test_dtype_casts_floats_only(parity_reference):
+    """--dtype bf16: every float tensor is written in bf16; integer tensors keep their dtype."""
+    source = OfficialSource(parity_reference / "official-reduced")
+    contents = [p.content for p in task_pairs()]
+    plan = plan_conversion(source.specs, contents, list(range(32000, 32007)), torch.bfloat16)
+    assert {d for _, d, _ in plan.specs} == {torch.bfloat16}
+    assert source.specs["qformer.bert.embeddings.position_ids"][0] == torch.int64
+    assert "qformer.bert.embeddings.position_ids" in plan.kept  # kept as it is (int64)

@@ -21,14 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tpo.config.heads import MaskHeadConfig
+from tpo.data.sample_frames import pick_mask_frames
 from tpo.heads.mask_criterion import MaskCriterion, build_mask_criterion
 from tpo.heads.parts import MaskTrack
 from tpo.heads.sam2_backend import PROMPT_DIM, SAM2Backend, build_sam2_model, frame_key
 from tpo.heads.tracking import TrackResult, boxes_from_masks, track_from_box
-from tpo.model.task_head import HeadQueries, TaskHead
+from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
 if TYPE_CHECKING:
     from tpo.config.schema import ModelConfig
+    from tpo.data.dataset import Sample
 
 __all__ = ["MaskCriterion", "MaskHead", "MaskOutput", "build_mask_criterion", "build_mask_head"]
 
@@ -74,11 +76,21 @@ class MaskHead(TaskHead):
     name = "mask"
     tokens = ("<track_begin>", "<tracking>")
     poolable = True
+    train_frames = 3  # annotated sampled frames per training sample that the mask loss sees
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> MaskHead | None:
         """From `cfg.heads.mask` (None: no mask head) with a freshly built SAM2 backend."""
         return None if cfg.heads.mask is None else build_mask_head(cfg.heads.mask, d_llm)
+
+    @classmethod
+    def targets_from(cls, sample: Sample) -> HeadTargets | None:
+        """`masks` bool `[k, H0, W0]` on up to `train_frames` annotated sampled frames, which
+        travel as the row's `mask_frames` (uint8, at the video's resolution)."""
+        if sample.masks is None or sample.mask_valid is None or not bool(sample.mask_valid.any()):
+            return None
+        frames, masks = pick_mask_frames(sample, cls.train_frames)
+        return HeadTargets({"masks": masks}, mask_frames=frames)
 
     def __init__(self, cfg: MaskHeadConfig, d_llm: int, backend: SAM2Backend):
         super().__init__()

@@ -13,17 +13,19 @@ from torchvision.ops import generalized_box_iou_loss
 
 from tpo.config.heads import RegionHeadConfig
 from tpo.heads.parts import BoxPrediction
-from tpo.model.task_head import HeadQueries, TaskHead
+from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
 if TYPE_CHECKING:
     from tpo.config.schema import ModelConfig
+    from tpo.data.dataset import Sample
 
 
 @dataclass
 class RegionOutput:
     """Predictions of the region head for `n` content tokens.
 
-    boxes: `[n, 4]` (x1, y1, x2, y2) normalised to [0, 1] of the frame, x1 <= x2, y1 <= y2.
+    boxes: `[n, 4]` (x1, y1, x2, y2) normalised to [0, 1] of the frame, x1 <= x2, y1 <= y2
+    (output "raw": the MLP's output as it is, which may lie outside or be unordered).
     """
 
     boxes: Tensor
@@ -59,7 +61,8 @@ class RegionHead(TaskHead):
     two x outputs, same for y), so boxes are valid and inside the frame without clamping (which
     would cut gradients at the border). With `locate`, the centre is instead the soft-argmax of
     one query-patch attention over the patch centres (+ an offset up to half a patch) and the
-    MLP predicts the width and height; the box is clipped to the frame.
+    MLP predicts the width and height; the box is clipped to the frame. With `output: raw` (the
+    release's semantics) the MLP's 4 outputs are the box as they are: no sigmoid, sort or clamp.
 
     Task pair `<box_begin><boxes>`; reads the encoder's patches of the asked frame
     (`HeadSample.asked_frame`, default the middle sampled frame); answers `boxes` in pixels.
@@ -74,10 +77,16 @@ class RegionHead(TaskHead):
         """From `cfg.heads.region` (None: no region head)."""
         return None if cfg.heads.region is None else cls(cfg.heads.region, d_llm, d_vision)
 
+    @classmethod
+    def targets_from(cls, sample: Sample) -> HeadTargets | None:
+        """`boxes`: the normalised xyxy `[4]` of the asked frame."""
+        return None if sample.box is None else HeadTargets({"boxes": sample.box})
+
     def __init__(self, cfg: RegionHeadConfig, d_llm: int, d_vision: int):
         super().__init__()
         self.cfg = cfg
         self.refine, self.locate = cfg.refine, cfg.locate
+        self.raw = cfg.output == "raw"
         d_in = d_llm
         if cfg.refine:
             self.attn_query = nn.Sequential(nn.LayerNorm(d_llm), nn.Linear(d_llm, cfg.refine_dim))
@@ -125,7 +134,8 @@ class RegionHead(TaskHead):
             if s.size is None or s.frame_indices is None or not s.fps:
                 raise ValueError("RegionHead.postprocess: the sample lacks size, frames or fps")
             h, w = s.size
-            norm = output.boxes[j].float().clamp(0, 1).cpu()
+            norm = output.boxes[j].float().cpu()
+            norm = norm if self.raw else norm.clamp(0, 1)
             box = (norm * torch.tensor([w, h, w, h], dtype=torch.float32)).tolist()
             f = len(s.frame_indices) // 2 if s.asked_frame is None else s.asked_frame
             idx = int(s.frame_indices[f])
@@ -148,6 +158,8 @@ class RegionHead(TaskHead):
                 return self._locate(x, kv, patches.to(dtype))
             attended, _ = self.attn(self.attn_query(x)[:, None], kv, kv, need_weights=False)
             x = torch.cat([x, attended[:, 0]], dim=-1)  # [n, d_llm + r]
+        if self.raw:
+            return RegionOutput(self.mlp(x))  # [n, 4] as the MLP gives it
         raw = self.mlp(x).sigmoid().view(-1, 2, 2)  # [n, (x, y), 2 candidates]
         lo, hi = raw.min(dim=-1).values, raw.max(dim=-1).values  # [n, 2] each
         return RegionOutput(torch.cat([lo, hi], dim=-1))  # [n, 4] x1 y1 x2 y2

@@ -27,10 +27,11 @@ from tpo.heads.parts import TimeWindow
 from tpo.heads.span_ops import span_cw_to_xx, span_nms
 from tpo.heads.temporal_criterion import build_temporal_criterion
 from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
-from tpo.model.task_head import HeadQueries, TaskHead
+from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
 if TYPE_CHECKING:
     from tpo.config.schema import ModelConfig
+    from tpo.data.dataset import Sample
 
 
 @dataclass
@@ -99,6 +100,16 @@ class TemporalHead(TaskHead):
         if tcfg is None:
             return None
         return cls(tcfg, d_llm=d_llm, d_feat=tcfg.feat_dim or d_vision)
+
+    @classmethod
+    def targets_from(cls, sample: Sample) -> HeadTargets | None:
+        """`spans` `[k, 2]` (centre, width) / duration, and `saliency` when annotated."""
+        if sample.spans is None:
+            return None
+        targets: dict[str, Any] = {"spans": sample.spans}
+        if sample.saliency is not None:
+            targets["saliency"] = sample.saliency
+        return HeadTargets(targets)
 
     def __init__(self, cfg: TemporalHeadConfig, d_llm: int, d_feat: int):
         super().__init__()

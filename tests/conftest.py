@@ -55,3 +55,14 @@ def parity_reference():
     if ref is None or not (ref / "official-reduced").is_dir():
         pytest.skip("no official parity reference: set TPO_REFERENCE to shared/reference/parity")
     return ref
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """A generated 5-video toy world (seed 0), shared read-only by the tests that score on it
+    (a test module may define its own `world`)."""
+    from tpo.data.toyworld import generate_toyworld
+
+    root = tmp_path_factory.mktemp("world")
+    generate_toyworld(root, 5, seed=0, workers=1)
+    return root

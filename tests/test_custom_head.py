@@ -1,14 +1,16 @@
 """A fourth head defined here alone: registered, trained a few steps, answered by `ask()`.
 
-The counting head has its own task tokens `<count_begin><count>`, reads the encoder's per-frame
+The counting head has its own task tokens `<count_begin><count>`, reads its targets from the
+training sample (the count the answer text starts with), reads the encoder's per-frame
 features of its sample besides the `<count>` query, has its own criterion and answers a
-`count` field; no library file knows it.
+`count` field; no library file knows it. Its batches come from the real training `collate`.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -16,9 +18,7 @@ from torch import Tensor, nn
 from tpo.heads import registry
 from tpo.infer.answer import GroundedAnswer
 from tpo.infer.decoding import Decoded
-from tpo.model.prompt import Turn
-from tpo.model.task_head import HeadQueries, TaskHead
-from tpo.model.tpo_model import TrainBatch
+from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
 MAX_COUNT = 4
 
@@ -48,6 +48,14 @@ class CountHead(TaskHead):
         self.mlp = nn.Sequential(
             nn.Linear(d_llm + d_vision, 32), nn.ReLU(), nn.Linear(32, MAX_COUNT + 1)
         )
+
+    @classmethod
+    def targets_from(cls, sample) -> HeadTargets | None:
+        """The count an answer such as '3. <count_begin><count>' starts with."""
+        answer = sample.record.answer
+        if cls.tokens[1] not in answer:
+            return None
+        return HeadTargets({"count": torch.tensor(int(answer.split(".")[0]))})
 
     def gather(self, queries: HeadQueries) -> Tensor:
         """The mean per-frame feature `[m, d_v]` of each query's video."""
@@ -94,6 +102,16 @@ class ForceBegin:
         return Decoded(gen)
 
 
+def _sample(answer: str, frames: Tensor, i: int):
+    from tpo.data.dataset import Sample
+    from tpo.data.records import Record
+
+    rec = Record(f"squares_{i}.mp4", "How many squares?", answer, "conversation", str(i), "test")
+    f = frames.shape[0]
+    return Sample(frames=frames, timestamps=torch.arange(f, dtype=torch.float32),
+                  indices=np.arange(f), record=rec, index=i, clip_start=0.0, duration=float(f))  # fmt: skip
+
+
 @pytest.fixture
 def count_head():
     registry.register(CountHead)
@@ -108,6 +126,7 @@ def test_a_fourth_head_trains_and_answers(count_head):
     from tpo.model.build import build_collator
     from tpo.stages import get_stage
     from tpo.train.builders import build_train_model
+    from tpo.train.data import collate
 
     cfg = load_config(TPOConfig, ["configs/tiny/stage3.yaml"], ["model.heads.mask=null"])
     model = build_train_model(cfg, get_stage(3)).float()
@@ -119,12 +138,12 @@ def test_a_fourth_head_trains_and_answers(count_head):
     collator = build_collator(cfg.model, mllm)
     img = cfg.model.vision.img_size
     counts = [1, 2, 3, 1]
-    frames = torch.stack([normalize_frames(squares(c), img) for c in counts])
-    text = collator([Turn("How many squares?", f"{c}. <count_begin><count>", []) for c in counts])
-    batch = TrainBatch(
-        frames=frames, input_ids=text.input_ids, attention_mask=text.attention_mask,
-        labels=text.labels, targets=[{"count": {"count": torch.tensor(c)}} for c in counts],
-    )  # fmt: skip
+    samples = [_sample(f"{c}. <count_begin><count>", normalize_frames(squares(c), img), i)
+               for i, c in enumerate(counts)]  # fmt: skip
+    samples.append(_sample("Some squares.", normalize_frames(squares(2), img), 4))  # text only
+    batch = collate(samples, collator)
+    assert [t.get("count", {}).get("count") for t in batch.targets[:4]] == counts
+    assert batch.targets[4] == {}
     model.lm_weight = 0.0  # the count loss alone: its gradients reach the query's embedding
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-2)

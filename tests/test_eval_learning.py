@@ -130,15 +130,6 @@ def test_paired_difference_interval():
         paired_difference(np.ones(3), np.ones(4))
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from tpo.data.toyworld import generate_toyworld
-
-    root = tmp_path_factory.mktemp("toy") / "w"
-    generate_toyworld(root, num_videos=5, seed=0, workers=1)
-    return root
-
-
 def test_prior_scored_end_to_end_on_a_generated_world(world):
     from tpo.config import TPOConfig, load_config
     from tpo.eval.learning import _samples, visible_mask_frames

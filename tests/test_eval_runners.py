@@ -20,15 +20,6 @@ ID_FILES = {"mevis": "done.jsonl", "nextgqa": "progress.jsonl"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from tpo.data.toyworld import generate_toyworld
-
-    root = tmp_path_factory.mktemp("world")
-    generate_toyworld(root, 5, seed=0, workers=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A random tiny stage-3 model written as an inference folder."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "final")

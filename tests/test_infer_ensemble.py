@@ -74,15 +74,6 @@ class ForceRows(LogitsProcessor):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from tpo.data.toyworld import generate_toyworld
-
-    root = tmp_path_factory.mktemp("world")
-    generate_toyworld(root, 5, seed=0, workers=1)
-    return root
-
-
-@pytest.fixture(scope="module")
 def pipe():
     from tpo.heads.build import build_model
     from tpo.infer.api import TPOPipeline

@@ -1,4 +1,4 @@
-"""Which annotated frames of a mask sample the mask loss sees (`collate_mask_frames`)."""
+"""Which annotated frames of a mask sample the mask loss sees (`MaskHead.targets_from`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tpo.data.sample_frames
-from tpo.train.data import MASK_FRAMES, collate_mask_frames
+from tpo.heads.mask import MaskHead
 
 
 class _Reader:
@@ -24,6 +24,11 @@ def _fake_video(monkeypatch):
     monkeypatch.setattr(tpo.data.sample_frames, "open_source", lambda path: _Reader())
 
 
+def collate_mask_frames(sample) -> tuple[torch.Tensor, torch.Tensor]:
+    found = MaskHead.targets_from(sample)
+    return found.mask_frames, found.targets["masks"]
+
+
 def _sample(visible: list[int], valid: list[int], f: int = 8) -> SimpleNamespace:
     masks = torch.zeros(f, 6, 6, dtype=torch.bool)
     masks[visible, 2:4, 2:4] = True
@@ -36,7 +41,7 @@ def _sample(visible: list[int], valid: list[int], f: int = 8) -> SimpleNamespace
 
 
 def test_visible_frames_first_and_one_without_the_object():
-    assert MASK_FRAMES == 3
+    assert MaskHead.train_frames == 3
     # object on positions 2-5 of 8; the first and last positions (the old pick) are empty
     s = _sample(visible=[2, 3, 4, 5], valid=list(range(8)))
     frames, masks = collate_mask_frames(s)
@@ -54,3 +59,10 @@ def test_only_annotated_frames_and_single_kind():
     nowhere = _sample(visible=[], valid=[0, 4])
     frames, masks = collate_mask_frames(nowhere)
     assert frames[:, 0, 0, 0].tolist() == [5, 45] and not masks.any()
+
+
+def test_no_mask_targets_without_an_annotated_sampled_frame():
+    s = _sample(visible=[], valid=[])
+    assert MaskHead.targets_from(s) is None
+    s.masks = None
+    assert MaskHead.targets_from(s) is None

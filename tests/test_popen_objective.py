@@ -366,6 +366,30 @@ def test_data_resumes_exactly_follows_the_curriculum_and_counts_bad_records(env)
     assert data.bad_samples == bad and data.state_dict() == state
 
 
+def test_pairs_drawn_in_loader_workers_equal_in_process_and_count_bad_media_once(env, tmp_path):
+    from tpo.popen.data import build_popen_data
+
+    lines = (env.root / "textual.jsonl").read_text().splitlines()
+    missing = {**json.loads(lines[0]), "video": str(tmp_path / "missing.mp4")}
+    path = tmp_path / "textual.jsonl"
+    path.write_text("".join(x + "\n" for x in [json.dumps(missing), *lines]))
+
+    def stream(workers: int):
+        cfg = _cfg(env.root, f"popen.textual={path}", f"data.num_workers={workers}")
+        return build_popen_data(cfg, STAGE3, CPU)
+
+    here, there = stream(0), stream(2)
+    assert there.pair_loader(0).num_workers == 2
+    a = [b for b, _ in zip(here.iterate(0), range(8))]
+    b = [b for b, _ in zip(there.iterate(0), range(8))]
+    assert all(_same(x.textual, y.textual) and _same(x.seg, y.seg) for x, y in zip(a, b))
+    # the unreadable preference is drawn several times, replaced each time, counted once
+    sources = {s for batch in a for g in batch.textual for s in g.sources}
+    assert sources and f"{path}:1" not in sources and f"{path}:2" in sources
+    assert here.bad_samples["popen_textual_video_missing"] == 1
+    assert there.bad_samples["popen_textual_video_missing"] == 1
+
+
 def test_disabled_popen_changes_nothing(env):
     from tpo.popen.data import build_popen_data
     from tpo.popen.objective import build_popen_model

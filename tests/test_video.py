@@ -203,3 +203,37 @@ def test_bad_inputs_name_the_path(tmp_path, toy_mp4):
         load_video(np.zeros((4, 4), dtype=np.uint8))
     with pytest.raises(VideoError, match="outside"):
         load_video(toy_mp4, indices=np.array([0, 40]))
+
+
+def test_uint8_frames_normalised_on_the_device_equal_the_loaders(toy_mp4):
+    from tpo.data.video import frames_at, normalize_uint8, open_source
+    from tpo.model.tpo_model import TrainBatch
+
+    ref = load_video(toy_mp4, 4, "middle", img_size=48)
+    raw = load_video(toy_mp4, 4, "middle", img_size=48, normalize=False)
+    assert raw.frames.dtype == torch.uint8 and raw.frames.shape == ref.frames.shape
+    assert torch.equal(normalize_uint8(raw.frames), ref.frames)  # bit-identical
+    # by hand: (x / 255 - mean) / std on one pixel of each channel
+    px = raw.frames[1, :, 5, 7].double()
+    want = (px / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64)) / torch.tensor(
+        IMAGENET_STD, dtype=torch.float64
+    )
+    assert torch.allclose(ref.frames[1, :, 5, 7].double(), want, atol=1e-5)
+    src = open_source(toy_mp4)
+    times = torch.tensor([0.0, 0.5, 1.0])
+    t_raw = frames_at(src, times, 48, normalize=False)
+    assert t_raw.dtype == torch.uint8 and torch.equal(
+        normalize_uint8(t_raw), frames_at(src, times, 48)
+    )
+    # a training batch of uint8 frames reaches the model normalised, in the compute dtype
+    ids = torch.ones(1, 3, dtype=torch.long)
+    batch = TrainBatch(frames=raw.frames[None], input_ids=ids, attention_mask=ids, labels=ids,
+                       temporal_frames=[t_raw])  # fmt: skip
+    moved = batch.to("cpu", torch.bfloat16)
+    assert moved.frames.dtype == torch.bfloat16
+    assert torch.equal(moved.frames[0], ref.frames.to(torch.bfloat16))
+    assert torch.equal(
+        moved.temporal_frames[0].float(), frames_at(src, times, 48).bfloat16().float()
+    )
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_uint8(ref.frames)

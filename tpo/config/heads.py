@@ -62,6 +62,9 @@ class RegionHeadConfig:
     # (a soft-argmax, plus an offset of at most half a patch) and the MLP gives only the size;
     # position then comes from the patch grid instead of being regressed (needs refine)
     locate: bool = False
+    # output: "box" (sigmoid, each coordinate pair sorted, clamped to the frame) | "raw" (the
+    # release: the MLP output as normalised xyxy, neither squashed, sorted nor clamped)
+    output: str = "box"
     l1: float = 2.0
     giou: float = 0.2
 
@@ -70,6 +73,10 @@ class RegionHeadConfig:
             raise ValueError(f"region.refine_dim {self.refine_dim} not a multiple of refine_heads")
         if self.locate and not self.refine:
             raise ValueError("region.locate needs region.refine: true (it attends to patches)")
+        if self.output not in ("box", "raw"):
+            raise ValueError(f"region.output must be 'box' or 'raw', got {self.output!r}")
+        if self.output == "raw" and self.locate:
+            raise ValueError("region.output 'raw' is the plain MLP's output: it excludes locate")
 
 
 @dataclass

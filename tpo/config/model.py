@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+PROMPT_FORMATS = ("tpo", "videochat-tpo")
+HEAD_QUERIES = ("tpo", "official")
+
 
 @dataclass
 class VisionConfig:
@@ -108,6 +111,12 @@ class LLMConfig:
     tokenizer: str = "mistral-common"  # "mistral-common" | a local tokenizer folder
     template: str = "mistral"  # prompt template: "mistral" ([INST] ...) | "chatml" (<|im_start|>)
     system_msg: str = ""  # the {msg} slot of the template
+    # prompt_format: "tpo" (one tokenisation, one BOS) | "videochat-tpo" (the release's
+    # process_qa: each segment tokenised with its own BOS, the timestamp message; see prompt.py)
+    prompt_format: str = "tpo"
+    # head_query: "tpo" (feed begin then content; the content token's hidden) | "official" (the
+    # release's loop: the task vector fed in place of the content token; see generate_official)
+    head_query: str = "tpo"
     attn_implementation: str = "sdpa"  # transformers attention backend ("eager", "sdpa", ...)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     max_text_len: int = 512
@@ -121,6 +130,16 @@ class LLMConfig:
             raise ValueError("llm.arch: needs a `model_type` key (e.g. mistral, llama)")
         if self.template not in ("mistral", "chatml"):
             raise ValueError(f"llm.template must be 'mistral' or 'chatml', got {self.template!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"llm.prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}"
+            )
+        if self.prompt_format == "videochat-tpo" and self.template != "mistral":
+            raise ValueError("llm.prompt_format 'videochat-tpo' needs llm.template 'mistral'")
+        if self.head_query not in HEAD_QUERIES:
+            raise ValueError(
+                f"llm.head_query must be one of {HEAD_QUERIES}, got {self.head_query!r}"
+            )
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ SALIENCY_CLIP_S = 2.0  # QVHighlights scores 2-second clips
 class Sample:
     """One training example.
 
-    frames: `[f, 3, H, W]` normalised frames; timestamps: `[f]` seconds (video time).
+    frames: `[f, 3, H, W]` normalised frames (uint8, resized only, from a dataset built with
+        `normalize=False`); timestamps: `[f]` seconds (video time).
     indices: `[f]` decoded frame indices. record: the annotation it came from.
     index: the dataset index actually returned (differs from the asked one after a skip).
     clip_start, duration: the clip [clip_start, clip_start + duration) seconds that the
@@ -47,6 +48,8 @@ class Sample:
     temporal_frames: `[t, 3, H, W]` normalised frames for the temporal head at `temporal_times`
         `[t]` s (video time, `sample_feature_times` over [0, clip end]), when the dataset has a
         `feature_rate` and the record temporal targets; else None.
+    targets: per-head target dicts for heads the built-in fields do not cover (a reader or a
+        dataset subclass fills them; read by the default `TaskHead.targets_from`).
     skipped: reasons of the bad records skipped on the way to this one; bad_records: their
         indices (the same order), for counting them once in the main process.
     """
@@ -66,6 +69,7 @@ class Sample:
     mask_valid: torch.Tensor | None = None
     temporal_frames: torch.Tensor | None = None
     temporal_times: torch.Tensor | None = None
+    targets: dict[str, dict] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()
     bad_records: tuple[int, ...] = ()
 
@@ -147,7 +151,9 @@ class VideoTaskDataset(Dataset):
     `bad_samples` (reason -> count; per process when DataLoader workers are used, so each
     `Sample` also lists its skips, which the main process counts with `note_bad`).
     `feature_rate` (feat_fps, max_feats): also decode the temporal head's frames of records
-    with temporal targets (`Sample.temporal_frames`).
+    with temporal targets (`Sample.temporal_frames`). `normalize=False`: frames stay resized
+    uint8 (4x smaller to ship from workers and to the device, which normalises them:
+    `TrainBatch.to`).
     """
 
     def __init__(
@@ -160,6 +166,7 @@ class VideoTaskDataset(Dataset):
         seed: int = 0,
         strict: bool = False,
         feature_rate: tuple[float, int] | None = None,
+        normalize: bool = True,
     ) -> None:
         if sampling not in ("rand", "middle"):
             raise ValueError(f"sampling must be 'rand' or 'middle', got {sampling!r}")
@@ -168,7 +175,7 @@ class VideoTaskDataset(Dataset):
         self.records = list(records)
         self.num_frames, self.img_size, self.sampling = num_frames, img_size, sampling
         self.seed, self.strict, self.epoch = seed, strict, 0
-        self.feature_rate = feature_rate
+        self.feature_rate, self.normalize = feature_rate, normalize
         self.bad_samples: Counter = Counter()
         self._bad: set[int] = set()
 
@@ -240,7 +247,7 @@ class VideoTaskDataset(Dataset):
                     "bad_box",
                 )
             indices, box_frame = include_frame(indices, frame)
-        clip = load_video(src, img_size=self.img_size, indices=indices)
+        clip = load_video(src, img_size=self.img_size, indices=indices, normalize=self.normalize)
         clip_start = rec.start or 0.0
         clip_end = min(rec.end, clip.duration) if rec.end is not None else clip.duration
         sample = Sample(
@@ -257,7 +264,7 @@ class VideoTaskDataset(Dataset):
             sample.spans, sample.saliency = _temporal_targets(rec, clip_start, sample.duration)
             if self.feature_rate is not None:
                 times = sample_feature_times(clip_start + sample.duration, *self.feature_rate)
-                sample.temporal_frames = frames_at(src, times, self.img_size)
+                sample.temporal_frames = frames_at(src, times, self.img_size, self.normalize)
                 sample.temporal_times = times
         if rec.task == "region":
             sample.box = _box_target(rec, clip.orig_size)

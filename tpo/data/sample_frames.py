@@ -1,5 +1,5 @@
 """Which sampled frames of a mask sample carry a ground-truth mask, and reading them at the
-video's resolution: shared by the training collate (the mask loss) and the learning bench."""
+video's resolution: shared by the mask head's training targets and the learning bench."""
 
 from __future__ import annotations
 
@@ -25,3 +25,21 @@ def read_mask_frames(sample: Sample, pick: torch.Tensor) -> tuple[torch.Tensor, 
     video's resolution, and their GT masks bool `[k, H0, W0]`."""
     frames = open_source(sample.record.video).read(sample.indices[pick.numpy()])
     return frames, sample.masks[pick]
+
+
+def pick_mask_frames(sample: Sample, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `k` annotated sampled frames of a mask sample and their masks, as
+    `read_mask_frames`.
+
+    Frames where the object is visible come first (spread over its visible span), plus one
+    annotated frame without it when there is one, so the head learns both to segment and to
+    predict nothing; frames taken evenly from the whole clip would mostly be empty (objects
+    come and go), and a head trained on them learns to predict nothing at all.
+    """
+    visible, absent = annotated_mask_frames(sample)
+    if len(visible) and len(absent):
+        n_vis = min(len(visible), k - 1)
+        pick = torch.cat([evenly_spaced(visible, n_vis), evenly_spaced(absent, k - n_vis)])
+    else:
+        pick = evenly_spaced(visible if len(visible) else absent, k)
+    return read_mask_frames(sample, pick.sort().values)

@@ -43,7 +43,8 @@ class VideoError(ValueError):
 class VideoClip:
     """Sampled, resized, normalised frames of one video.
 
-    frames: `[f, 3, H, W]` float, ImageNet-normalised, H = W = img_size.
+    frames: `[f, 3, H, W]` float, ImageNet-normalised (uint8 when loaded with `normalize=False`),
+        H = W = img_size.
     timestamps: `[f]` float seconds of each sampled frame (index / fps).
     indices: `[f]` int frame indices into the decoded video.
     fps: frames per second of the source; duration: seconds of the whole source.
@@ -162,35 +163,54 @@ def open_video(path: str | Path, num_threads: int = 1) -> decord.VideoReader:
     return reader
 
 
-def normalize_frames(frames: torch.Tensor, img_size: int) -> torch.Tensor:
-    """Resize `[f, 3, h, w]` uint8 (or float in [0, 1]) frames and ImageNet-normalise them.
+def resize_frames(frames: torch.Tensor, img_size: int) -> torch.Tensor:
+    """Resize `[f, 3, h, w]` uint8 (or float in [0, 1]) frames to uint8 `[f, 3, img_size,
+    img_size]` (channels-last in memory).
 
-    Returns `[f, 3, img_size, img_size]` float32. Frames are resized in uint8 (torch's fast
-    antialiased bicubic path for channels-last batches, ~30x faster than in float; float input
-    is quantised to uint8 first, as a decoded video would be).
+    Frames are resized in uint8: torch's fast antialiased bicubic path for channels-last
+    batches, ~30x faster than in float; float input is quantised to uint8 first, as a decoded
+    video would be. Training ships these uint8 frames to the device (`normalize_uint8` there).
     """
     if frames.dim() != 4 or frames.shape[1] != 3:
-        raise ValueError(
-            f"normalize_frames: expected [f, 3, h, w] frames, got {tuple(frames.shape)}"
-        )
+        raise ValueError(f"resize_frames: expected [f, 3, h, w] frames, got {tuple(frames.shape)}")
     if frames.dtype != torch.uint8:
         frames = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    if tuple(frames.shape[-2:]) != (img_size, img_size):
-        frames = F.interpolate(
-            frames.contiguous(memory_format=torch.channels_last),
-            size=(img_size, img_size),
-            mode="bicubic",
-            antialias=True,
-            align_corners=False,
+    if tuple(frames.shape[-2:]) == (img_size, img_size):
+        return frames
+    return F.interpolate(
+        frames.contiguous(memory_format=torch.channels_last),
+        size=(img_size, img_size),
+        mode="bicubic",
+        antialias=True,
+        align_corners=False,
+    )
+
+
+def normalize_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalise uint8 frames `[..., 3, H, W]` (any device) into contiguous float32."""
+    if frames.dtype != torch.uint8 or frames.dim() < 3 or frames.shape[-3] != 3:
+        raise ValueError(
+            f"normalize_uint8: expected uint8 [..., 3, H, W] frames, got {frames.dtype} "
+            f"{tuple(frames.shape)}"
         )
     # one pass casts to float and lays the (channels-last) batch out contiguously, then
     # (x/255 - mean) / std as one in-place scale + shift per channel: ~1.7x faster than
     # .contiguous().float() and broadcasting [1, 3, 1, 1] tensors (bench/video_io.py)
-    out = torch.empty(frames.shape, dtype=torch.float32)
+    out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)
     out.copy_(frames)
     for c, (scale, shift) in enumerate(_NORM):
-        out[:, c].mul_(scale).add_(shift)
+        out.select(-3, c).mul_(scale).add_(shift)
     return out
+
+
+def normalize_frames(frames: torch.Tensor, img_size: int) -> torch.Tensor:
+    """Resize `[f, 3, h, w]` uint8 (or float in [0, 1]) frames and ImageNet-normalise them:
+    float32 `[f, 3, img_size, img_size]` (`resize_frames`, then `normalize_uint8`)."""
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(
+            f"normalize_frames: expected [f, 3, h, w] frames, got {tuple(frames.shape)}"
+        )
+    return normalize_uint8(resize_frames(frames, img_size))
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -322,11 +342,14 @@ def open_source(
     raise VideoError(f"load_video: unsupported source type {type(source).__name__}", "bad_input")
 
 
-def frames_at(source: FrameSource, times: torch.Tensor, img_size: int) -> torch.Tensor:
-    """Normalised frames `[t, 3, img_size, img_size]` of `source` nearest to `times` `[t]` s
-    (the temporal head's frames at its feature times)."""
+def frames_at(
+    source: FrameSource, times: torch.Tensor, img_size: int, normalize: bool = True
+) -> torch.Tensor:
+    """Frames `[t, 3, img_size, img_size]` of `source` nearest to `times` `[t]` s (the temporal
+    head's frames at its feature times): normalised, or resized uint8 with `normalize=False`."""
     idx = np.clip(np.round(times.numpy() * source.fps).astype(np.int64), 0, source.num_total - 1)
-    return normalize_frames(source.read(idx), img_size)
+    frames = resize_frames(source.read(idx), img_size)
+    return normalize_uint8(frames) if normalize else frames
 
 
 def load_video(
@@ -342,21 +365,24 @@ def load_video(
     num_threads: int = 1,
     indices: np.ndarray | None = None,
     fps: float | None = None,
+    normalize: bool = True,
 ) -> VideoClip:
     """Decode, sample, resize and normalise frames of a video.
 
     `source`: anything `open_source` takes (video/image path, frame folder, open
     `decord.VideoReader`, `[H, W, 3]` image array, `[f, 3, H, W]` frames) or a `FrameSource`.
     An image is a 1-frame video at 0 s. `indices` overrides sampling with explicit frame indices.
-    Returns a `VideoClip` with frames `[f, 3, img_size, img_size]`.
+    Returns a `VideoClip` with frames `[f, 3, img_size, img_size]`; `normalize=False` keeps
+    them uint8 (resized only), for a loader that normalises on the device.
     """
     src = open_source(source, fps=fps, num_threads=num_threads)
     if indices is None:
         indices = src.sample(num_frames, mode, start=start, end=end, sample_fps=sample_fps, rng=rng)
     indices = np.asarray(indices, dtype=np.int64)
     raw = src.read(indices)
+    frames = resize_frames(raw, img_size)
     return VideoClip(
-        frames=normalize_frames(raw, img_size),
+        frames=normalize_uint8(frames) if normalize else frames,
         timestamps=torch.from_numpy(indices / src.fps).float(),
         indices=indices,
         fps=src.fps,

@@ -86,7 +86,8 @@ class GroundedAnswer:
     saliency: `[k]` per-frame score at `saliency_times` `[k]` seconds; boxes: per asked frame;
     masks: the tracked object's masks; outputs: other heads' parts, `{head: {field: JSON value}}`;
     video/duration/fps: the source (path, seconds, rate); ensemble: how a preference-ensemble
-    answer was made (None: one response).
+    answer was made (None: one response); token_ids: the generated ids (prompt excluded, up to
+    and not including eos).
     """
 
     text: str
@@ -101,8 +102,10 @@ class GroundedAnswer:
     fps: float | None = None
     ensemble: EnsembleRecord | None = None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.token_ids = [int(i) for i in self.token_ids]
         known = registry.names()
         bad = [h for h in self.heads if h not in known]
         if bad:
@@ -146,6 +149,7 @@ class GroundedAnswer:
             "fps": None if self.fps is None else float(self.fps),
             "ensemble": None if self.ensemble is None else self.ensemble.to_json(),
             "outputs": {h: dict(v) for h, v in self.outputs.items()},
+            "token_ids": [int(i) for i in self.token_ids],
         }
 
     @classmethod
@@ -167,4 +171,5 @@ class GroundedAnswer:
             fps=data.get("fps"),
             ensemble=None if ens is None else EnsembleRecord.from_json(ens),
             outputs={h: dict(v) for h, v in (data.get("outputs") or {}).items()},
+            token_ids=list(data.get("token_ids") or []),
         )

@@ -189,9 +189,15 @@ def _check_question(question: object, k: int = 0) -> None:
         raise ValueError(f"question {k}: expected a non-empty string, got {question!r}")
 
 
-def load(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TPOPipeline:
+def load(
+    path: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    merge_lora: bool = True,
+) -> TPOPipeline:
     """A TPOPipeline from an inference folder (config.yaml + model.safetensors) or a training
-    checkpoint folder; local files only."""
+    checkpoint folder; local files only. `merge_lora` folds the LoRA adapters into the base
+    weights for speed (`LanguageModel.merge_adapters`; the loaded model is then for inference)."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
@@ -202,6 +208,8 @@ def load(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float
         )
     cfg = load_saved_config(TPOConfig, folder / "config.yaml")
     model = load_inference_model(folder, device, dtype)
+    if merge_lora:
+        model.mllm.llm.merge_adapters()
     collator = build_collator(cfg.model, model.mllm)
 
     return TPOPipeline(

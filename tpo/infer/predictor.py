@@ -184,7 +184,10 @@ class Predictor:
             groups.setdefault(len(inp.indices), []).append(k)
         for rows in groups.values():
             text = self.collator.prompts(
-                [Turn(questions[k], None, list(histories[k])) for k in rows]
+                [
+                    Turn(questions[k], None, list(histories[k]), frame_times=inputs[k].times)
+                    for k in rows
+                ]
             )
             frames = torch.stack([inputs[k].frames for k in rows]).to(self.device, self.dtype)
             t0 = time.perf_counter()
@@ -239,8 +242,10 @@ class Predictor:
         """
         options = list(options) if options is not None else [None] * len(inputs)
         answers = [
-            GroundedAnswer(text=t, video=inp.path, duration=inp.duration, fps=inp.fps)
-            for t, inp in zip(gen.text, inputs)
+            GroundedAnswer(
+                text=t, video=inp.path, duration=inp.duration, fps=inp.fps, token_ids=list(ids)
+            )
+            for t, ids, inp in zip(gen.text, gen.token_ids, inputs)
         ]
         names = self.model.mllm.task_tokens.names
         for k in range(len(gen.task_head)):  # heads fired, in order of first firing

@@ -35,7 +35,7 @@ def build_mllm(
         vision = build_vision(cfg.vision)
         connector = build_connector(cfg.connector, vision.width, llm.width)
         task_tokens = build_task_tokens(cfg.tokens, llm.token_ids, llm.width, llm.mean_embedding)
-    model = MLLM(vision, connector, llm, task_tokens, tokenizer)
+    model = MLLM(vision, connector, llm, task_tokens, tokenizer, head_query=cfg.llm.head_query)
     if dtype is not None:
         model.to(dtype)
     if device is not None and not meta:
@@ -44,11 +44,13 @@ def build_mllm(
 
 
 def build_collator(cfg: ModelConfig, model: MLLM) -> PromptCollator:
-    """The text collator matching the model's tokenizer, template and visual-token count."""
+    """The text collator matching the model's tokenizer, template, prompt format and
+    visual-token count."""
     return PromptCollator(
         model.tokenizer,
         num_visual_tokens=model.num_visual_tokens,
         max_len=cfg.llm.max_text_len,
         template=cfg.llm.template,
         system_msg=cfg.llm.system_msg,
+        prompt_format=cfg.llm.prompt_format,
     )

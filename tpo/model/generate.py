@@ -3,7 +3,8 @@
 When the model emits a head's begin token (e.g. `<time_begin>`), a logits
 processor forces the matching content token next, so the sequence is the same
 "begin, content" pair the training forward sees (the official inference fed the content
-embedding in place of the begin token: a train/infer mismatch not copied here). The content
+embedding in place of the content token and never fed the content token: a train/infer mismatch,
+available as `llm.head_query: official`, `tpo.model.generate_official`). The content
 token is then fed like any token; the embedding hook of TaskTokens gives it its learned vector,
 and its last-layer hidden state (one step later, from `output_hidden_states`) is the head query.
 """
@@ -54,6 +55,14 @@ class GenerationOutput(TaskQueries):
     task_hidden: torch.Tensor
     task_head: torch.Tensor
     task_sample: torch.Tensor
+
+
+def answer_text(tokenizer, token_ids: list[list[int]], task_ids: tuple[int, ...]) -> list[str]:
+    """The answers' text: special and task tokens left out (the release's tokenizer does not
+    mark its task tokens special), whitespace stripped."""
+    drop = set(task_ids)
+    kept = [[i for i in row if i not in drop] for row in token_ids]
+    return [s.strip() for s in tokenizer.batch_decode(kept, skip_special_tokens=True)]
 
 
 @torch.no_grad()
@@ -116,7 +125,7 @@ def generate(
     heads[:, h:] = -1
     sel = heads >= 0
     token_ids = [row[:n].tolist() for row, n in zip(seqs, length.tolist())]
-    text = [s.strip() for s in tok.batch_decode(token_ids, skip_special_tokens=True)]
+    text = answer_text(tok, token_ids, ids.all)
     return GenerationOutput(
         text=text,
         token_ids=token_ids,

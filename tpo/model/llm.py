@@ -61,6 +61,17 @@ class LanguageModel(nn.Module):
         """HF `generate` on the wrapped model."""
         return self.model.generate(**kwargs)
 
+    def merge_adapters(self) -> bool:
+        """Fold the LoRA adapters into the base weights (PEFT `merge_adapter`) so each step runs
+        one matmul per layer instead of three: for inference only, since the base weights then
+        hold the merged values (the adapters stay; `disable_adapter()` unmerges). Skipped (False)
+        without LoRA or with tied input/output embeddings, where merging lm_head's adapter would
+        also change the input rows."""
+        if not self.is_peft or getattr(self.model.config, "tie_word_embeddings", False):
+            return False
+        self.model.merge_adapter()
+        return True
+
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """ "lora" (adapter weights), "task_tokens" (new input rows), "llm" (all base weights)."""
         # function-level: peft is heavy to import; only when LoRA is built or read

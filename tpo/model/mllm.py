@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tpo.model.generate import GenerationOutput, generate
+from tpo.model.generate_official import generate_official
 from tpo.model.llm import LanguageModel
 from tpo.model.prompt import IGNORE_INDEX, VISUAL_TOKEN_ID
 from tpo.model.queries import TaskQueries
@@ -63,8 +64,16 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.masked_fill(attention_mask == 0, 0)
 
 
+# llm.head_query -> the generation loop that captures the head queries
+GENERATORS = {"tpo": generate, "official": generate_official}
+
+
 class MLLM(nn.Module):
-    """Vision encoder -> connector -> visual tokens spliced into the LLM's prompt embeddings."""
+    """Vision encoder -> connector -> visual tokens spliced into the LLM's prompt embeddings.
+
+    `head_query` picks how generation takes the head queries (`GENERATORS`): "tpo" feeds the
+    begin and content tokens (the training forward's semantics), "official" the release's loop.
+    """
 
     def __init__(
         self,
@@ -73,8 +82,12 @@ class MLLM(nn.Module):
         llm: LanguageModel,
         task_tokens: TaskTokens,
         tokenizer,
+        head_query: str = "tpo",
     ) -> None:
         super().__init__()
+        if head_query not in GENERATORS:
+            raise ValueError(f"head_query must be one of {sorted(GENERATORS)}, got {head_query!r}")
+        self.head_query = head_query
         self.vision = vision
         self.connector = connector
         self.llm = llm
@@ -186,8 +199,9 @@ class MLLM(nn.Module):
     def generate(
         self, frames: torch.Tensor | None, input_ids, attention_mask, **kwargs
     ) -> GenerationOutput:
-        """Greedy (by default) generation with head-query capture; see tpo.model.generate."""
-        return generate(self, frames, input_ids, attention_mask, **kwargs)
+        """Greedy (by default) generation with head-query capture, by `head_query`: see
+        tpo.model.generate and tpo.model.generate_official."""
+        return GENERATORS[self.head_query](self, frames, input_ids, attention_mask, **kwargs)
 
     def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
         """vision, connector, connector_proj, lora, task_tokens, llm (base LLM, normally frozen)."""

@@ -6,6 +6,8 @@ A head is an `nn.Module` subclass of `TaskHead` declaring
   tokens' hidden states and, per query, the `HeadSample` of its batch row (the encoder's patches
   of the asked frame, per-frame features, raw or given frames, duration...);
 - `run(hidden, inputs)`: the head's forward on those inputs (training and inference alike);
+- `targets_from(sample)`: the targets (and extra per-row inputs) a training sample gives it,
+  built in the data-loader workers by `tpo.train.data.collate`;
 - `criterion()`: its loss module (a dict of named losses + `weight_dict`), built for training;
 - `prepare_targets(targets, inputs)`: targets re-expressed on the inputs it gathered (identity
   by default);
@@ -31,6 +33,7 @@ from tpo.model.tokens import TaskPair
 
 if TYPE_CHECKING:
     from tpo.config.schema import ModelConfig
+    from tpo.data.dataset import Sample
     from tpo.model.vision import VisionOutput
 
 
@@ -62,6 +65,16 @@ class HeadSample:
     fps: float | None = None
     size: tuple[int, int] | None = None
     question: str | None = None
+
+
+@dataclass
+class HeadTargets:
+    """What a training sample gives one head: its `targets` (the dict its criterion reads for
+    that row) and, optionally, `mask_frames` uint8 `[k, 3, H, W]` frames the head predicts on
+    (offered back as `HeadSample.mask_frames`)."""
+
+    targets: dict[str, Any]
+    mask_frames: Tensor | None = None
 
 
 @dataclass
@@ -100,6 +113,15 @@ class TaskHead(nn.Module):
     def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> TaskHead | None:
         """The head `cfg` configures (None: not configured); widths of the LLM and encoder."""
         raise TypeError(f"{cls.__name__} must define from_config")
+
+    @classmethod
+    def targets_from(cls, sample: Sample) -> HeadTargets | None:
+        """This head's targets in a training sample (None: the sample has none for it).
+
+        Runs in the data-loader workers; the default reads `sample.targets[name]`, a dict a
+        dataset reader may fill for heads the built-in readers do not know."""
+        found = sample.targets.get(cls.name)
+        return None if found is None else HeadTargets(dict(found))
 
     def frame_feature_source(self, cfg: ModelConfig, mllm: nn.Module):
         """The per-frame feature source this head reads (`(video, duration) -> (feats [t, d],

@@ -11,6 +11,7 @@ user-given box through a small MLP.
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,27 @@ def add_task_tokens(tokenizer, pairs: Sequence[TaskPair] = ()) -> int:
     return len(new)
 
 
+RELEASE_TOKENIZER_CLASS = "MultimodalLlamaTokenizer"  # tokenizer_class of the release's files
+
+
+def _release_tokenizer(folder: Path, prompt_format: str) -> bool:
+    """Whether `folder` holds the release's SentencePiece tokenizer to be read the slow legacy
+    way: its tokenizer_config names the release's class (which AutoTokenizer cannot resolve
+    without remote code), or the prompt format is the release's and a tokenizer.model is there."""
+    if not (folder / "tokenizer.model").is_file():
+        return False
+    if prompt_format == "videochat-tpo":
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    try:
+        declared = json.loads(config.read_text()).get("tokenizer_class")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{config}: not a JSON object ({err})") from err
+    return declared == RELEASE_TOKENIZER_CLASS
+
+
 def load_tokenizer(cfg: LLMConfig, pairs: Sequence[TaskPair] = ()):
     """The LLM's tokenizer with the task tokens (of `pairs` too) added and a pad token set.
     Local files only."""
@@ -131,7 +153,18 @@ def load_tokenizer(cfg: LLMConfig, pairs: Sequence[TaskPair] = ()):
                 f"llm.tokenizer: '{cfg.tokenizer}' is neither 'mistral-common' nor a local folder "
                 "(for build/assets/smollm2 run `make assets`)"
             )
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if _release_tokenizer(folder, cfg.prompt_format):
+            # function-level: transformers is heavy to import; only when a tokenizer is built
+            from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+            # The release's MultimodalLlamaTokenizer is transformers' slow legacy LlamaTokenizer:
+            # each text chunk between added tokens gets SentencePiece's dummy prefix ("▁"), which
+            # the fast tokenizer does not reproduce; its BOS is added by the collator.
+            tokenizer = SentencePieceBackend.from_pretrained(
+                str(folder), local_files_only=True, legacy=True
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     add_task_tokens(tokenizer, pairs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token

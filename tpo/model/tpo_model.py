@@ -9,24 +9,38 @@ model for training only, as DETR keeps `SetCriterion` apart), with the same para
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from tpo.data.video import normalize_uint8
 from tpo.model.mllm import MLLM, MLLMOutput
 from tpo.model.prompt import VISUAL_TOKEN_ID
 from tpo.model.sharding import zero_through_all
 from tpo.model.task_head import HeadQueries, HeadSample, TaskHead
 
 
+class FrameFeatureSource(Protocol):
+    """Per-frame features for the heads (`tpo.heads.temporal_features.FrameFeatureCache`)."""
+
+    def __call__(self, video: str, duration: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: `(feats [t, d], timestamps [t] s)` of a video file."""
+        ...
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Training: features `[t, d]` (or `[t, p, d]`) of decoded frames `[t, 3, H, W]`."""
+        ...
+
+
 @dataclass
 class TrainBatch:
     """A collated training batch.
 
-    frames `[b, f, 3, H, W]` normalised; input_ids / attention_mask / labels `[b, s]`;
+    frames `[b, f, 3, H, W]` normalised, or uint8 resized frames that `to` normalises on the
+    device (the training loader's; the same goes for `temporal_frames`); input_ids / attention_mask / labels `[b, s]`;
     targets: per sample a dict keyed by head name holding that head's targets (a sample's
     content tokens without targets train only the LM);
     temporal_frames: per sample with temporal targets, the temporal head's normalised frames
@@ -61,10 +75,10 @@ class TrainBatch:
         for f in fields(self):
             v = getattr(self, f.name)
             if torch.is_tensor(v):
-                v = v.to(device, dtype) if f.name == "frames" else v.to(device)
+                v = _model_frames(v, device, dtype) if f.name == "frames" else v.to(device)
             moved[f.name] = v
         moved["temporal_frames"] = [
-            None if f is None else f.to(device, dtype) for f in self.temporal_frames
+            None if f is None else _model_frames(f, device, dtype) for f in self.temporal_frames
         ]
         moved["targets"] = [
             {
@@ -83,6 +97,13 @@ class TrainBatch:
         for key in ("mask_frames", "temporal_frames"):
             pinned[key] = [None if f is None else f.pin_memory() for f in pinned[key]]
         return TrainBatch(**pinned)
+
+
+def _model_frames(frames: torch.Tensor, device: str | torch.device, dtype: torch.dtype):
+    """Frames on `device` in `dtype`; uint8 frames move as uint8 and are normalised there."""
+    if frames.dtype == torch.uint8:
+        return normalize_uint8(frames.to(device, non_blocking=True)).to(dtype)
+    return frames.to(device, dtype)
 
 
 @dataclass
@@ -110,7 +131,7 @@ class TPOModel(nn.Module):
         mllm: MLLM,
         heads: Mapping[str, TaskHead],
         *,
-        temporal_features: Callable[[str, float], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        temporal_features: FrameFeatureSource | None = None,
     ) -> None:
         super().__init__()
         self.mllm = mllm

@@ -4,7 +4,9 @@ Micro-batch k holds the base `TrainBatch` k of the stage's manifest (`build_trai
 `popen.pairs_per_step` textual pairs and `popen.pairs_per_step` segmentation pairs drawn by a
 generator seeded with (seed, k, rank); the seg pairs follow the curriculum phase of the
 optimizer step k belongs to (k // grad_accum). So batch k depends only on (config, k, rank):
-`iterate(start)` resumes exactly. Bad preference records are skipped and counted.
+`iterate(start)` resumes exactly. The pairs are drawn in DataLoader workers
+(`data.num_workers`, as the base stream); bad preference records are skipped there and
+counted once in the main process.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import count
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tpo.config.schema import TPOConfig
 from tpo.data.manifest import load_manifest, load_records
 from tpo.model.tpo_model import TrainBatch
 from tpo.popen.collect import load_segmentation_preferences, sample_id
 from tpo.popen.curriculum import Curriculum
-from tpo.popen.pair_sources import SegSource, TextualSource, load_textual
+from tpo.popen.pair_sources import Draw, SegSource, TextualSource, load_textual
 from tpo.popen.pairs import SegPairs, TextualPairs
 from tpo.stages.base import Stage
 from tpo.train.data import build_train_data, text_collator
@@ -71,11 +75,15 @@ class PopenData:
         pairs_per_step: int,
         grad_accum: int,
         dist: DistInfo,
+        seed: int = 0,
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
     ) -> None:
         if base is None and textual is None and seg is None:
             raise ValueError("popen: nothing to train on (no base data, no preferences)")
         self.base, self.textual, self.seg, self.curriculum = base, textual, seg, curriculum
         self.pairs_per_step, self.grad_accum, self.dist = pairs_per_step, grad_accum, dist
+        self.seed, self.num_workers, self.prefetch_factor = seed, num_workers, prefetch_factor
 
     def _parts(self) -> dict:
         """The streams this one draws from, by name (absent ones left out)."""
@@ -106,21 +114,71 @@ class PopenData:
         epoch = seen // len(self.seg) if self.seg is not None else 0
         return self.curriculum.phase(step, epoch)
 
+    def draw_pairs(self, k: int) -> tuple[Draw, Draw]:
+        """The textual and seg pairs of micro-batch k (runs in a loader worker)."""
+        empty = Draw([])
+        phase = self.phase(k // self.grad_accum)
+        textual = self.textual.draw(k, self.pairs_per_step) if self.textual is not None else empty
+        seg = self.seg.draw(k, self.pairs_per_step, phase) if self.seg is not None else empty
+        return textual, seg
+
+    def pair_loader(self, start: int) -> DataLoader:
+        """The DataLoader of micro-batch k's pairs, k = start, start + 1, ..."""
+        workers = self.num_workers
+        return DataLoader(
+            _PairDraws(self),
+            sampler=_From(start),
+            batch_size=None,  # one item is one micro-batch's pairs
+            collate_fn=_as_is,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            generator=torch.Generator().manual_seed(self.seed),  # not the global RNG
+        )
+
     def iterate(self, start: int) -> Iterator[PopenBatch]:
         """Micro-batches from position `start` on."""
         base = self.base.iterate(start) if self.base is not None else None
-        k = start
-        while True:
+        pairs = None
+        if self.textual is not None or self.seg is not None:
+            pairs = iter(self.pair_loader(start))
+        for k in count(start):
+            textual, seg = next(pairs) if pairs is not None else (Draw([]), Draw([]))
+            for source, draw in ((self.textual, textual), (self.seg, seg)):
+                for i, reason in draw.bad:
+                    source.note_bad(i, reason)
             step = k // self.grad_accum
-            phase = self.phase(step)
             yield PopenBatch(
                 base=next(base) if base is not None else None,
-                textual=[] if self.textual is None else self.textual.draw(k, self.pairs_per_step),
-                seg=[] if self.seg is None else self.seg.draw(k, self.pairs_per_step, phase),
+                textual=textual.groups,
+                seg=seg.groups,
                 step=step,
-                phase=phase,
+                phase=self.phase(step),
             )
-            k += 1
+
+
+class _PairDraws(Dataset):
+    """Micro-batch position k -> its (textual, seg) `Draw`s."""
+
+    def __init__(self, data: PopenData) -> None:
+        self.data = data
+
+    def __getitem__(self, k: int) -> tuple[Draw, Draw]:
+        return self.data.draw_pairs(k)
+
+
+class _From(Sampler[int]):
+    """Positions start, start + 1, ... (endless)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return count(self.start)
+
+
+def _as_is(item):
+    return item
 
 
 def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
@@ -170,4 +228,7 @@ def build_popen_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> PopenData:
         pairs_per_step=pc.pairs_per_step,
         grad_accum=grad_accum_steps(cfg.train, dist.world_size),
         dist=dist,
+        seed=cfg.train.seed,
+        num_workers=cfg.data.num_workers,
+        prefetch_factor=cfg.data.prefetch_factor,
     )

@@ -2,7 +2,9 @@
 
 Draws depend only on (seed, micro-batch k, rank) and on the preference set: a bad record (its
 media unreadable, its clean input not rebuildable) is replaced by the next one, the same way
-whatever happened before, so a resumed stream equals the uninterrupted one.
+whatever happened before, so a resumed stream equals the uninterrupted one. Draws may run in
+DataLoader workers: a draw returns the bad records it met (`Draw.bad`), and the main process
+counts each once with `note_bad`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,14 @@ _TEXTUAL, _SEG = 1, 2  # generator streams
 def _generator(seed: int, k: int, dist: DistInfo, stream: int) -> torch.Generator:
     world = max(1, dist.world_size)
     return torch.Generator().manual_seed(((seed * 1_000_003 + k) * world + dist.rank) * 4 + stream)
+
+
+@dataclass
+class Draw:
+    """The pair groups drawn for one micro-batch, and the (record, reason) skips met."""
+
+    groups: list
+    bad: list[tuple[int, str]] = field(default_factory=list)
 
 
 def edit_mask(labels: torch.Tensor, edits: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -69,7 +80,14 @@ class TextualSource:
         self.num_frames, self.img_size, self.sampling = num_frames, img_size, sampling
         self.seed, self.dist = seed, dist
         self.bad_samples: Counter = Counter()
-        self._counted: set[int] = set()
+        self._counted: set[int] = set()  # counted as bad (main process)
+        self._seen_bad: set[int] = set()  # met as bad in this process (logged once)
+
+    def note_bad(self, i: int, reason: str) -> None:
+        """Count preference i as bad (once)."""
+        if i not in self._counted:
+            self._counted.add(i)
+            self.bad_samples[reason] += 1
 
     def state_dict(self) -> dict:
         """Skip counts and the preferences already counted as bad."""
@@ -79,8 +97,7 @@ class TextualSource:
         """Restore what `state_dict` returned."""
         self.bad_samples, self._counted = Counter(state["bad_samples"]), set(state["counted"])
 
-    def _frames(self, i: int, k: int) -> torch.Tensor | None:
-
+    def _frames(self, i: int, k: int, bad: list[tuple[int, str]]) -> torch.Tensor | None:
         p = self.prefs[i]
         rng = np.random.default_rng([self.seed, k, i])
         try:
@@ -88,22 +105,23 @@ class TextualSource:
                 p.video, self.num_frames, self.sampling, img_size=self.img_size, rng=rng
             )
         except VideoError as err:
-            if i not in self._counted:
-                self._counted.add(i)
-                self.bad_samples[f"popen_textual_video_{err.reason}"] += 1
+            bad.append((i, f"popen_textual_video_{err.reason}"))
+            if i not in self._seen_bad:
+                self._seen_bad.add(i)
                 log.warning("popen: skipping textual preference %s: %s", p.source, err)
             return None
         return clip.frames
 
-    def draw(self, k: int, n: int) -> list[TextualPairs]:
+    def draw(self, k: int, n: int) -> Draw:
         """n pairs for micro-batch k (a bad medium is replaced by the next preference)."""
         gen = _generator(self.seed, k, self.dist, _TEXTUAL)
         picks = torch.randint(len(self.prefs), (n,), generator=gen).tolist()
         chosen: list[tuple[int, torch.Tensor]] = []
+        bad: list[tuple[int, str]] = []
         for i in picks:
             for j in range(len(self.prefs)):
                 idx = (i + j) % len(self.prefs)
-                frames = self._frames(idx, k)
+                frames = self._frames(idx, k, bad)
                 if frames is not None:
                     chosen.append((idx, frames))
                     break
@@ -112,7 +130,7 @@ class TextualSource:
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for idx, frames in chosen:
             groups.setdefault(tuple(frames.shape), []).append((idx, frames))
-        return [self._collate(g) for g in groups.values()]
+        return Draw([self._collate(g) for g in groups.values()], bad)
 
     def _collate(self, group: list[tuple[int, torch.Tensor]]) -> TextualPairs:
         prefs = [self.prefs[i] for i, _ in group]
@@ -173,7 +191,16 @@ class SegSource:
         self.bad_samples: Counter = skipped if dist.is_main else Counter()
         # per phase, the samples that have pairs in it (a phase without any uses the other's)
         self.eligible = {ph: [i for i, p in enumerate(self.pairs) if p[ph]] for ph in PHASES}
-        self._ok: dict[int, bool] = {}
+        self._ok: dict[int, bool] = {}  # whether sample i's clean input rebuilds (a cache)
+        self._counted: set[int] = set()  # counted as bad (main process)
+        self._reason: dict[int, str] = {}
+
+    def note_bad(self, i: int, reason: str) -> None:
+        """Count sample i as bad (once)."""
+        self._ok[i] = False
+        if i not in self._counted:
+            self._counted.add(i)
+            self.bad_samples[reason] += 1
 
     def __len__(self) -> int:
         return len(self.prefs)
@@ -186,24 +213,26 @@ class SegSource:
         """Restore what `state_dict` returned."""
         self.bad_samples = Counter(state["bad_samples"])
         self._ok = {int(i): bool(v) for i, v in state["ok"]}
+        self._counted = {i for i, ok in self._ok.items() if not ok}
 
-    def _usable(self, i: int) -> bool:
-        """Whether sample i's clean input can be rebuilt (checked once; a pure function of i)."""
-
+    def _usable(self, i: int, bad: list[tuple[int, str]]) -> bool:
+        """Whether sample i's clean input can be rebuilt (checked once per process; a pure
+        function of i); a bad one is added to `bad`."""
         if i not in self._ok:
             try:
                 clean_batch([self.prefs[i]], self.records, self.collator, img_size=self.img_size)
                 self._ok[i] = True
             except ValueError as err:  # VideoError and AnnotationError are ValueErrors
                 self._ok[i] = False
-                reason = getattr(err, "reason", "clean_input")
-                self.bad_samples[f"popen_seg_{reason}"] += 1
+                self._reason[i] = f"popen_seg_{getattr(err, 'reason', 'clean_input')}"
                 log.warning("popen: skipping seg preference %s: %s", self.prefs[i].id, err)
+        if not self._ok[i]:
+            bad.append((i, self._reason.get(i, "popen_seg_clean_input")))
         return self._ok[i]
 
-    def draw(self, k: int, n: int, phase: str) -> list[SegPairs]:
+    def draw(self, k: int, n: int, phase: str) -> Draw:
         """n (sample, winner, loser) pairs for micro-batch k in curriculum `phase`."""
-
+        bad: list[tuple[int, str]] = []
         if not self.eligible[phase]:
             phase = "fine" if phase == "coarse" else "coarse"
         pool = self.eligible[phase]
@@ -212,7 +241,7 @@ class SegSource:
         for j in torch.randint(len(pool), (n,), generator=gen).tolist():
             for step in range(len(pool)):
                 i = pool[(j + step) % len(pool)]
-                if self._usable(i):
+                if self._usable(i, bad):
                     break
             else:
                 raise RuntimeError(f"popen.segmentation: no usable sample ({self.bad_samples})")
@@ -238,7 +267,7 @@ class SegSource:
                     [p.id for p in prefs],
                 )
             )
-        return out
+        return Draw(out, bad)
 
 
 def load_textual(

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tpo.config.schema import TPOConfig
 from tpo.data.dataset import Sample, VideoTaskDataset, sample_weights
 from tpo.data.manifest import load_manifest, load_records
-from tpo.data.sample_frames import annotated_mask_frames, evenly_spaced, read_mask_frames
 from tpo.data.templates import question_text
+from tpo.heads import registry
 from tpo.model.prompt import PromptCollator, Turn
 from tpo.model.tokens import load_tokenizer
 from tpo.model.tpo_model import TrainBatch
@@ -31,8 +31,6 @@ from tpo.stages.base import Stage
 from tpo.train.distributed import DistInfo
 
 log = logging.getLogger(__name__)
-
-MASK_FRAMES = 3  # annotated frames per mask sample that the mask loss is computed on
 
 
 class WeightedDraws(Sampler[list[tuple[int, int]]]):
@@ -140,23 +138,21 @@ class TrainData:
 
 
 def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
-    """Samples -> TrainBatch: prompt tokens, frames and per-head targets and inputs."""
+    """Samples -> TrainBatch: prompt tokens, frames, and each registered head's targets
+    (`TaskHead.targets_from`) and extra inputs."""
     text = collator(
         [Turn(question_text(s.record), s.record.answer, s.record.history) for s in samples]
     )
+    heads = registry.heads()
     targets, mask_frames, box_frames = [], [], []
     for s in samples:
         t: dict = {}
-        if s.spans is not None:
-            t["temporal"] = {"spans": s.spans}
-            if s.saliency is not None:
-                t["temporal"]["saliency"] = s.saliency
-        if s.box is not None:
-            t["region"] = {"boxes": s.box}
         frames = None
-        if s.masks is not None and s.mask_valid is not None and bool(s.mask_valid.any()):
-            frames, masks = collate_mask_frames(s)
-            t["mask"] = {"masks": masks}
+        for head in heads:  # each head reads its own targets from the sample
+            found = head.targets_from(s)
+            if found is not None:
+                t[head.name] = found.targets
+                frames = found.mask_frames if found.mask_frames is not None else frames
         targets.append(t)
         mask_frames.append(frames)
         box_frames.append(-1 if s.box_frame is None else s.box_frame)
@@ -197,6 +193,7 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
         seed=cfg.train.seed,
         strict=False,
         feature_rate=feature_rate,
+        normalize=False,  # uint8 to the device, normalised there (TrainBatch.to)
     )
     if dist.is_main:  # every rank loads the same records: count their skips once
         dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})
@@ -225,23 +222,3 @@ def text_collator(cfg: TPOConfig) -> PromptCollator:
         template=llm.template,
         system_msg=llm.system_msg,
     )
-
-
-def collate_mask_frames(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """The annotated sampled frames of a mask sample that the mask loss sees (at most
-    MASK_FRAMES), as `read_mask_frames`.
-
-    Frames where the object is visible come first (spread over its visible span), plus one
-    annotated frame without it when there is one, so the head learns both to segment and to
-    predict nothing; frames taken evenly from the whole clip would mostly be empty (objects
-    come and go), and a head trained on them learns to predict nothing at all.
-    """
-    visible, absent = annotated_mask_frames(sample)
-    if len(visible) and len(absent):
-        n_vis = min(len(visible), MASK_FRAMES - 1)
-        pick = torch.cat(
-            [evenly_spaced(visible, n_vis), evenly_spaced(absent, MASK_FRAMES - n_vis)]
-        )
-    else:
-        pick = evenly_spaced(visible if len(visible) else absent, MASK_FRAMES)
-    return read_mask_frames(sample, pick.sort().values)

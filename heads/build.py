@@ -7,14 +7,18 @@ training only, the multi-task criterion of those heads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from tpo.config.schema import ModelConfig
 from tpo.heads import registry
 from tpo.heads.criterion import MultiTaskCriterion
 from tpo.model.build import build_mllm
+from tpo.model.folder import MODEL_FILE
 from tpo.model.task_head import TaskHead
 from tpo.model.tpo_model import TPOModel
+from tpo.model.weights import load_all
 
 
 def build_heads(cfg: ModelConfig, d_llm: int, d_vision: int) -> dict[str, TaskHead]:
@@ -42,11 +46,16 @@ def build_criterion(
 
 def build_model(cfg: ModelConfig) -> TPOModel:
     """MLLM + registered heads (+ the per-frame feature source a head asks for) from `cfg`;
-    the random init is seeded by `cfg.init_seed`. The same model trains and answers."""
+    the random init is seeded by `cfg.init_seed`, then `cfg.base_weights` (an inference
+    folder) loaded over it. The same model trains and answers."""
     torch.manual_seed(cfg.init_seed)
     mllm = build_mllm(cfg, pairs=registry.task_pairs())
     heads = build_heads(cfg, mllm.llm.width, mllm.vision.width)
     features = next(
         (f for h in heads.values() if (f := h.frame_feature_source(cfg, mllm)) is not None), None
     )
-    return TPOModel(mllm, heads, temporal_features=features)
+    model = TPOModel(mllm, heads, temporal_features=features)
+    if cfg.base_weights is not None:
+        folder = Path(cfg.base_weights)
+        load_all(model, folder / MODEL_FILE, folder / "config.yaml")
+    return model

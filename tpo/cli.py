@@ -36,6 +36,14 @@ COMMANDS: dict[str, Command | Group] = {
     ),
     "train": Command("tpo.popen.train_cli", "run one training stage through DeepSpeed"),
     "export": Command("tpo.train.export_cli", "write an inference folder from a checkpoint"),
+    "convert": Group(
+        "convert a published checkpoint into a tpo inference folder",
+        {
+            "videochat-tpo": Command(
+                "tpo.infer.convert_cli", "the official VideoChat-TPO release folder"
+            ),
+        },
+    ),
     "ask": Command("tpo.infer.cli", "ask a grounded question about a video"),
     "eval": Group(
         "score predictions or run a benchmark",

@@ -38,6 +38,7 @@ FILE_RELATIVE_KEYS: tuple[str, ...] = (
     "model.llm.tokenizer",
     "model.heads.mask.sam2_config",
     "model.heads.mask.checkpoint",
+    "model.base_weights",
 )
 
 

@@ -19,6 +19,9 @@ class ModelConfig:
     tokens: TaskTokenConfig = field(default_factory=TaskTokenConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     init_seed: int = 0  # seeds the random init of everything not loaded from a local path
+    # an inference folder (`tpo export`, `tpo convert`) whose model.safetensors every build loads
+    # over the init: the base a model fine-tuned from it (`train.init_from`) is rebuilt from
+    base_weights: str | None = None
 
 
 @dataclass

@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from tpo.config import TPOConfig, load_saved_config
 from tpo.heads.build import build_model
 from tpo.model.tpo_model import TPOModel
-from tpo.model.weights import copy_trained
+from tpo.model.weights import copy_trained, load_all
 
 MODEL_FILE = "model.safetensors"  # an inference folder's weights
 CHECKPOINT_WEIGHTS = "weights.safetensors"  # a training checkpoint's trained parameters
@@ -33,7 +32,7 @@ def load_inference_model(
     cfg = load_saved_config(TPOConfig, folder / "config.yaml")
     model = build_model(cfg.model)
     if (folder / MODEL_FILE).is_file():
-        _load_all(model, folder / MODEL_FILE, folder)
+        load_all(model, folder / MODEL_FILE, folder / "config.yaml")
     elif (folder / CHECKPOINT_STATE).is_file() and (folder / CHECKPOINT_WEIGHTS).is_file():
         copy_trained(model, folder / CHECKPOINT_WEIGHTS)
     else:
@@ -42,21 +41,3 @@ def load_inference_model(
             f"training checkpoint ({CHECKPOINT_WEIGHTS} + {CHECKPOINT_STATE})"
         )
     return model.to(device, dtype).eval()
-
-
-def _load_all(model: TPOModel, file: Path, folder: Path) -> None:
-    """Every weight of an inference folder (a training run's criterion buffers are skipped)."""
-    try:
-        missing, unexpected = model.load_state_dict(load_file(str(file)), strict=False)
-    except RuntimeError as err:  # shapes that differ from the config's: torch lists them all
-        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
-        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
-        raise ValueError(
-            f"{file} does not fit {folder / 'config.yaml'}: {'; '.join(lines[:2])}{more}"
-        ) from err
-    unexpected = [k for k in unexpected if not k.startswith("criterion.")]
-    if missing or unexpected:
-        raise ValueError(
-            f"{file} does not fit its config.yaml: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )

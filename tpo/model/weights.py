@@ -31,3 +31,23 @@ def copy_trained(model: nn.Module, file: str | Path) -> dict[str, torch.Tensor]:
                 )
             own[name].copy_(value.to(own[name].dtype))
     return tensors
+
+
+def load_all(model: nn.Module, file: str | Path, config_file: str | Path) -> None:
+    """Every weight of an inference folder's `file` onto `model` (a training run's criterion
+    buffers are skipped); a tensor that does not fit the model built from `config_file` is an
+    error naming both."""
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(file)), strict=False)
+    except RuntimeError as err:  # shapes that differ from the config's: torch lists them all
+        lines = [ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()] or [str(err)]
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        raise ValueError(
+            f"{file} does not fit {config_file}: {'; '.join(lines[:2])}{more}"
+        ) from err
+    unexpected = [k for k in unexpected if not k.startswith("criterion.")]
+    missing = [k for k in missing if not k.startswith("criterion.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{file} does not fit {config_file}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )

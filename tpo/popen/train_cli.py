@@ -19,6 +19,7 @@ from tpo.train.builders import build_train_model
 from tpo.train.data import build_train_data
 from tpo.train.distributed import shutdown
 from tpo.train.engine import DataBuilder, ModelBuilder, StageRunner
+from tpo.train.init_folder import adopt_folder_model, is_inference_folder
 
 
 def default_config(stage: int) -> Path:
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path = Path(args.config) if args.config else default_config(args.stage)
     cfg = load_config(TPOConfig, [path], [f"train.stage={args.stage}", *args.overrides])
+    if cfg.train.init_from and is_inference_folder(cfg.train.init_from):
+        cfg = adopt_folder_model(cfg, args.overrides)  # the folder's model, not the YAML's
     stage = get_stage(args.stage)
     final = StageRunner(cfg, stage, *builders_for(cfg)).run(resume=args.resume)
     shutdown()

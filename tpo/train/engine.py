@@ -26,6 +26,7 @@ from tpo.train import checkpoint as ckpt_io
 from tpo.train.distributed import DistInfo, barrier, gather, in_fixed_order, init_distributed
 from tpo.train.ds_config import build_ds_config
 from tpo.train.groups import count, optimizer_groups, select_trainable
+from tpo.train.init_folder import is_inference_folder
 from tpo.train.logger import RunLogger
 from tpo.train.schedule import build_scheduler
 
@@ -99,10 +100,15 @@ class StageRunner:
         if self.resume_from is None and self.dist.is_main:
             clear_earlier_run(self.out, init)
         barrier()
+        from_folder = init is not None and is_inference_folder(init)
+        if from_folder and cfg.model.base_weights is None:
+            # an inference folder holds every weight: the build starts from it (and so does
+            # every later rebuild of this run's checkpoints, from their saved config)
+            cfg.model.base_weights = str(Path(init).resolve())
         self.model = self.model_builder(cfg, stage)  # seeds its own init (model.init_seed)
         torch.manual_seed(cfg.train.seed + self.dist.rank)  # dropout etc. differ per rank
         self.inherited: list[str] = []
-        if init is not None:
+        if init is not None and not from_folder:
             state = ckpt_io.load_trained_weights(self.model, init)
             self.inherited = [
                 g for g in state["trained_groups"] if g not in stage.groups(cfg.train.extra_groups)

@@ -8,19 +8,16 @@ weights (peft `merge_and_unload`) and the stored config says `model.llm.lora.ena
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from tpo.config import TPOConfig, load_saved_config, to_yaml
 from tpo.heads.build import build_model
+from tpo.model import folder
 from tpo.train.checkpoint import load_trained_weights
 
-MODEL_FILE = "model.safetensors"  # read back by tpo.infer.load.load_inference_model
-INFERENCE_FILES = {MODEL_FILE, "config.yaml"}
+MODEL_FILE = folder.MODEL_FILE  # read back by tpo.infer.load.load_inference_model
 
 
 def load_checkpoint_model(ckpt: str | Path):
@@ -39,6 +36,7 @@ def export(ckpt: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
     """Write an inference folder for checkpoint `ckpt` into `out` (atomically)."""
     cfg, model = load_checkpoint_model(ckpt)
     model.float()
+    cfg.model.base_weights = None  # the folder holds every weight itself
     if merge_lora and cfg.model.llm.lora.enabled:
         llm = model.mllm.llm
         llm.model = llm.model.merge_and_unload()
@@ -49,31 +47,4 @@ def export(ckpt: str | Path, out: str | Path, merge_lora: bool = False) -> Path:
 def save_inference_folder(model: torch.nn.Module, cfg: TPOConfig, out: str | Path) -> Path:
     """Write every weight of `model` but the criterion's, and `cfg`, as an inference folder
     `out` (atomically: a temp folder renamed into place, replacing an existing one)."""
-    state = {
-        k: v.detach().contiguous()
-        for k, v in model.state_dict().items()
-        if not k.startswith("criterion")
-    }
-    # tied weights share storage; safetensors stores each tensor once
-    seen: dict[int, str] = {}
-    for k in list(state):
-        ptr = state[k].data_ptr()
-        if ptr in seen:
-            state[k] = state[k].clone()
-        seen[ptr] = k
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= INFERENCE_FILES):
-        raise FileExistsError(
-            f"{out} exists and is not an inference folder (expected nothing but "
-            f"{sorted(INFERENCE_FILES)} inside it): an export replaces its --out folder, so "
-            "pick a new or empty one"
-        )
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / MODEL_FILE), metadata={"format": "tpo-inference-1"})
-    (tmp / "config.yaml").write_text(to_yaml(cfg))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return folder.save_inference_folder(model, to_yaml(cfg), out)

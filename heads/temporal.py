@@ -154,7 +154,7 @@ class TemporalHead(TaskHead):
         """Our vision encoder's features at `feat_fps`, cached per video (frozen encoder)."""
         return FrameFeatureCache(
             vision_frame_encoder(mllm.vision, patches=self.cfg.spatial),
-            _frame_reader(cfg.vision.img_size),
+            _frame_reader(cfg.vision.img_size, cfg.vision.resize),
             self.cfg.feat_fps,
             self.cfg.max_feats,
         )
@@ -298,11 +298,11 @@ def _saliency_on(target: dict, stamps: Tensor) -> dict:
     return {**target, "saliency": clips[idx]}
 
 
-def _frame_reader(img_size: int):
+def _frame_reader(img_size: int, resize: str):
     """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
 
     def read(video: str, times: Tensor) -> Tensor:
-        return frames_at(open_source(video), times, img_size)
+        return frames_at(open_source(video), times, img_size, resize=resize)  # type: ignore[arg-type]
 
     return read
 

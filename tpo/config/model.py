@@ -30,8 +30,13 @@ class VisionConfig:
     drop_path: float = 0.0
     grad_checkpointing: bool = False
     checkpoint: str | None = None  # local safetensors of a pretrained encoder
+    # frame resize kernel (tpo.data.video.ResizeMode): "uint8" (torch's fast uint8 bicubic) or
+    # "float" (bicubic on floats, then rounded: torchvision's Resize, as the release)
+    resize: str = "uint8"
 
     def __post_init__(self) -> None:
+        if self.resize not in ("uint8", "float"):
+            raise ValueError(f"vision.resize must be 'uint8' or 'float', got {self.resize!r}")
         if self.img_size % self.patch_size:
             raise ValueError(f"vision.img_size {self.img_size} not a multiple of patch_size")
         if not -self.depth <= self.return_index < self.depth:

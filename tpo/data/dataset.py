@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tpo.data.records import AnnotationError, Record
 from tpo.data.video import (
     FrameSource,
+    ResizeMode,
     VideoError,
     frames_at,
     load_video,
@@ -153,7 +154,7 @@ class VideoTaskDataset(Dataset):
     `feature_rate` (feat_fps, max_feats): also decode the temporal head's frames of records
     with temporal targets (`Sample.temporal_frames`). `normalize=False`: frames stay resized
     uint8 (4x smaller to ship from workers and to the device, which normalises them:
-    `TrainBatch.to`).
+    `TrainBatch.to`). `resize`: the frame resize kernel (`tpo.data.video.ResizeMode`).
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class VideoTaskDataset(Dataset):
         strict: bool = False,
         feature_rate: tuple[float, int] | None = None,
         normalize: bool = True,
+        resize: ResizeMode = "uint8",
     ) -> None:
         if sampling not in ("rand", "middle"):
             raise ValueError(f"sampling must be 'rand' or 'middle', got {sampling!r}")
@@ -175,7 +177,7 @@ class VideoTaskDataset(Dataset):
         self.records = list(records)
         self.num_frames, self.img_size, self.sampling = num_frames, img_size, sampling
         self.seed, self.strict, self.epoch = seed, strict, 0
-        self.feature_rate, self.normalize = feature_rate, normalize
+        self.feature_rate, self.normalize, self.resize = feature_rate, normalize, resize
         self.bad_samples: Counter = Counter()
         self._bad: set[int] = set()
 
@@ -247,7 +249,13 @@ class VideoTaskDataset(Dataset):
                     "bad_box",
                 )
             indices, box_frame = include_frame(indices, frame)
-        clip = load_video(src, img_size=self.img_size, indices=indices, normalize=self.normalize)
+        clip = load_video(
+            src,
+            img_size=self.img_size,
+            indices=indices,
+            normalize=self.normalize,
+            resize=self.resize,
+        )
         clip_start = rec.start or 0.0
         clip_end = min(rec.end, clip.duration) if rec.end is not None else clip.duration
         sample = Sample(
@@ -264,7 +272,9 @@ class VideoTaskDataset(Dataset):
             sample.spans, sample.saliency = _temporal_targets(rec, clip_start, sample.duration)
             if self.feature_rate is not None:
                 times = sample_feature_times(clip_start + sample.duration, *self.feature_rate)
-                sample.temporal_frames = frames_at(src, times, self.img_size, self.normalize)
+                sample.temporal_frames = frames_at(
+                    src, times, self.img_size, self.normalize, self.resize
+                )
                 sample.temporal_times = times
         if rec.task == "region":
             sample.box = _box_target(rec, clip.orig_size)

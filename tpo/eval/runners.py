@@ -221,6 +221,7 @@ def predict_pending(
         records,
         num_frames=predictor.num_frames,
         img_size=predictor.img_size,
+        resize=predictor.resize,
         sampling="middle",
         seed=0,
         strict=True,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from tpo.config import TPOConfig, load_saved_config
+from tpo.data.video import ResizeMode
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack
 from tpo.infer.decoding import Decoding
 from tpo.infer.ensemble import DEFAULT_K, EnsembleOptions, PreferenceEnsemble, default_k, resolve_k
@@ -41,7 +42,8 @@ class TPOPipeline:
     """A loaded TPOModel with its prompt collator; answers grounded questions about videos.
 
     `num_frames`: frames the LLM sees per video (the config's `data.num_frames`);
-    `img_size`: the vision encoder's input size; `ensemble_k`: K of `ask(ensemble=True)`.
+    `img_size`: the vision encoder's input size; `resize`: the frame resize kernel
+    (`model.vision.resize`); `ensemble_k`: K of `ask(ensemble=True)`.
     """
 
     def __init__(
@@ -51,9 +53,12 @@ class TPOPipeline:
         *,
         num_frames: int,
         img_size: int,
+        resize: ResizeMode = "uint8",
         ensemble_k: int = DEFAULT_K,
     ) -> None:
-        self.predictor = Predictor(model, collator, num_frames=num_frames, img_size=img_size)
+        self.predictor = Predictor(
+            model, collator, num_frames=num_frames, img_size=img_size, resize=resize
+        )
         self.ensemble_k = ensemble_k
 
     model = property(lambda self: self.predictor.model, doc="The TPOModel.")
@@ -214,5 +219,5 @@ def load(
 
     return TPOPipeline(
         model, collator, num_frames=cfg.data.num_frames, img_size=cfg.model.vision.img_size,
-        ensemble_k=default_k(cfg),
+        resize=cfg.model.vision.resize, ensemble_k=default_k(cfg),
     )  # fmt: skip

@@ -21,6 +21,7 @@ import torch
 
 from tpo.data.video import (
     FrameSource,
+    ResizeMode,
     VideoError,
     frames_at,
     load_video,
@@ -111,7 +112,8 @@ class Predictor:
     """A TPOModel + its prompt collator answering grounded questions (see the module docstring).
 
     `num_frames`: frames the LLM sees per video; `img_size`: the vision encoder's input size;
-    `decoding`: the default strategy (greedy).
+    `resize`: the frame resize kernel (`tpo.data.video.ResizeMode`, the config's
+    `model.vision.resize`); `decoding`: the default strategy (greedy).
     """
 
     def __init__(
@@ -121,11 +123,12 @@ class Predictor:
         *,
         num_frames: int,
         img_size: int,
+        resize: ResizeMode = "uint8",
         decoding: Decoding | None = None,
     ) -> None:
         self.model = model.eval()
         self.collator = collator
-        self.num_frames, self.img_size = num_frames, img_size
+        self.num_frames, self.img_size, self.resize = num_frames, img_size, resize
         self.decoding: Decoding = decoding or Greedy()
         self.timings = Timings()
 
@@ -146,7 +149,9 @@ class Predictor:
             if not path.exists():
                 raise VideoError(f"{path}: no such video or image file", "missing")
         src = open_source(video)
-        clip = load_video(src, num_frames or self.num_frames, img_size=self.img_size)
+        clip = load_video(
+            src, num_frames or self.num_frames, img_size=self.img_size, resize=self.resize
+        )
         path = str(video) if isinstance(video, str | Path) and Path(video).is_file() else None
         return VideoInput(src, np.asarray(clip.indices), clip.frames, clip.orig_size, path)
 
@@ -304,7 +309,8 @@ class Predictor:
 
             # not a file (reader or tensor): the cache keys by path, so encode directly
             times = sample_feature_times(end, cache.feat_fps, cache.max_feats)
-            frames = frames_at(inp.source, times, self.img_size).to(self.device, self.dtype)
+            frames = frames_at(inp.source, times, self.img_size, resize=self.resize)
+            frames = frames.to(self.device, self.dtype)
             return cache.encode(frames).float().cpu(), times - inp.clip_start
 
         return compute

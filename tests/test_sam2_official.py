@@ -154,6 +154,17 @@ def test_embedding_propagation_reproduces_official_masks(
     assert min(iou(masks[t], exp["out.masks"][t, 0].bool()) for t in range(len(masks))) >= IOU
 
 
+def test_embedding_seed_on_a_later_frame(official: MaskHead, ref: dict):
+    """Seeding frame k decodes it as the official seeds frame 0 (a video starting at k), and
+    tracks frames before it backward."""
+    sparse, raw, k = ref["sam2"]["in.sparse_prompt"][0], ref["raw"][:5], 2
+    first, logits = official.propagate_logits(sparse, raw, prompt_frame=k)
+    alone, _ = official.propagate_logits(sparse, raw[k : k + 1])
+    assert (first - alone).abs().max().item() <= FP32
+    assert torch.equal(logits[k], first) and logits.shape == (5, *raw.shape[-2:])
+    assert all((logits[t] > 0).any() for t in range(k))  # reached backward
+
+
 def test_checkpoint_files_load_strictly(official: MaskHead, ref: dict, tmp_path: Path):
     sam = {k.removeprefix("backend.sam."): v for k, v in official.state_dict().items()}
     sam = {k: v for k, v in sam.items() if not k.startswith("prompt_mlp.")}

@@ -5,7 +5,8 @@ Training simplification: each sampled frame is decoded independently by SAM2's m
 with the same prompt (image mode, no memory attention), so the loss and its gradients reach the
 prompt MLP and decoder in one cheap pass. At inference the prompt seeds SAM2's video predictor on
 one frame and its memory-based propagation carries the mask through the video, as the official
-release does; the memory modules are never trained here.
+release does (`mask.propagation`: "embedding" seeds it exactly as the official, "mask" with the
+mask tpo decodes); the memory modules are never trained here.
 
 Importing this module builds nothing and does not import sam2 (that happens in `build_*`).
 """

@@ -5,7 +5,8 @@ Training simplification: each sampled frame is decoded independently by SAM2's m
 with the same prompt (image mode, no memory attention), so the loss and its gradients reach the
 prompt MLP and decoder in one cheap pass. At inference the prompt seeds SAM2's video predictor on
 one frame and its memory-based propagation carries the mask through the video, as the official
-release does; the memory modules are never trained here.
+release does (`mask.propagation`: "embedding" seeds it exactly as the official, "mask" with the
+mask tpo decodes); the memory modules are never trained here.
 
 Importing this module builds nothing and does not import sam2 (that happens in `build_*`).
 """
@@ -24,7 +25,8 @@ from tpo.config.heads import MaskHeadConfig
 from tpo.data.sample_frames import pick_mask_frames
 from tpo.heads.mask_criterion import MaskCriterion, build_mask_criterion
 from tpo.heads.parts import MaskTrack
-from tpo.heads.sam2_backend import PROMPT_DIM, SAM2Backend, build_sam2_model, frame_key
+from tpo.heads.sam2_backend import PROMPT_DIM, SAM2Backend, frame_key
+from tpo.heads.sam2_build import build_sam2_model
 from tpo.heads.tracking import TrackResult, boxes_from_masks, track_from_box
 from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
@@ -202,13 +204,16 @@ class MaskHead(TaskHead):
         return MaskOutput(logits=logits, sparse=sparse, embed_box=self.backend.box_embedding)
 
     @torch.no_grad()
-    def propagate(self, prompt: Tensor, frames: Tensor, prompt_frame: int = 0) -> Tensor:
-        """Bool masks `[T, H, W]` over video `frames [T, 3, H, W]` at its resolution.
+    def propagate_logits(
+        self, prompt: Tensor, frames: Tensor, prompt_frame: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """(prompt-frame logits `[H, W]`, every frame's logits `[T, H, W]`) over video
+        `frames [T, 3, H, W]` at its resolution, by SAM2's video predictor (frames in memory).
 
-        prompt: the `<tracking>` query `[d_llm]` or a sparse prompt `[t, 256]`.
-        SAM2's video predictor takes only point/box/mask prompts (no embeddings), so the prompted
-        frame is decoded here with the custom prompt, and its mask seeds the predictor
-        (`add_new_mask`), which propagates it with its memory.
+        prompt: the `<tracking>` query `[d_llm]` or a sparse prompt `[t, 256]`. Seeding follows
+        `mask.propagation`: "embedding" (official) puts the prompt in place of a dummy box's
+        embedding on the prompted frame, whose output seeds SAM2's memory; "mask" decodes the
+        prompted frame here and seeds the predictor with its mask (`add_new_mask`).
         """
         if prompt.ndim == 1:
             sparse, dense = self.prompt(prompt[None])
@@ -221,6 +226,10 @@ class MaskHead(TaskHead):
             )
         if not 0 <= prompt_frame < len(frames):
             raise ValueError(f"propagate: prompt_frame {prompt_frame} outside [0, {len(frames)})")
+        if self.cfg.propagation == "embedding":
+            return self.backend.propagate_logits(
+                frames, prompt_frame, sparse=sparse.float(), dense=dense
+            )
         was = self.training
         self.eval()
         try:
@@ -230,7 +239,12 @@ class MaskHead(TaskHead):
             self.train(was)
         size = (self.backend.image_size, self.backend.image_size)
         seed = F.interpolate(low[None].float(), size=size, mode="bilinear", align_corners=False)
-        return self.backend.propagate(frames, prompt_frame=prompt_frame, mask=seed[0, 0] > 0)
+        return self.backend.propagate_logits(frames, prompt_frame, mask=seed[0, 0] > 0)
+
+    @torch.no_grad()
+    def propagate(self, prompt: Tensor, frames: Tensor, prompt_frame: int = 0) -> Tensor:
+        """Bool masks `[T, H, W]` (logits > 0) of `propagate_logits`."""
+        return self.propagate_logits(prompt, frames, prompt_frame)[1] > 0
 
     def track(self, prompt: Tensor, frames: Tensor, prompt_frame: int = 0) -> TrackResult:
         """Masks and boxes `[T, 4]` (xyxy pixels, NaN where the mask is empty) from a prompt."""
@@ -245,7 +259,8 @@ class MaskHead(TaskHead):
 
 
 def build_sam2_backend(cfg: MaskHeadConfig, device: str | torch.device = "cpu") -> SAM2Backend:
-    """SAM2 (config name + optional local checkpoint) wrapped with its feature cache."""
+    """SAM2 (config name or YAML file + optional local checkpoint) with its feature cache; its
+    parameters keep SAM2's own names under `backend.sam.` (the head's `heads.mask.backend.sam.`)."""
     sam = build_sam2_model(cfg, device)
     return SAM2Backend(sam, train_decoder=cfg.train_decoder, cache_frames=cfg.cache_frames)
 

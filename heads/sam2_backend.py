@@ -1,9 +1,7 @@
-"""SAM2 for the mask head: building, cached frozen image features, decoding, video propagation.
+"""SAM2 for the mask head: cached frozen image features, decoding, video propagation.
 
-Everything here talks to the `sam2` package (1.x). `sam2` initialises Hydra globally when it
-is imported (sam2#179), so it is imported only inside the functions that need it, and the model
-is built inside a scoped Hydra context that restores whatever Hydra state existed before
-(building twice in one process, or next to another Hydra user, works).
+Everything here talks to the `sam2` package (1.x) through the model `sam2_build` makes; the
+video predictor runs on in-memory frames (`sam2_video`).
 """
 
 from __future__ import annotations
@@ -11,90 +9,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib.util
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
-from tpo.config.heads import MaskHeadConfig
+from tpo.heads.sam2_video import (
+    propagate_logits,
+    seed_box,
+    seed_embedding,
+    seed_mask,
+    to_sam_input,
+    video_state,
+)
 from tpo.model.sharding import is_sharded, whole
 
-SAM_MEAN = (0.485, 0.456, 0.406)  # SAM2's image normalisation (sam2.utils.transforms)
-SAM_STD = (0.229, 0.224, 0.225)
 PROMPT_DIM = 256  # SAM2's prompt / decoder width
-
-
-@contextlib.contextmanager
-def _sam2_hydra() -> Iterator[None]:
-    """Hydra initialised on sam2's config module for the block; the previous state restored."""
-    # function-level: sam2's hydra only when a mask head is built
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    backup = get_gh_backup()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("sam2", version_base="1.2"):
-            yield
-    finally:
-        restore_gh_from_backup(backup)
-
-
-def build_sam2_model(cfg: MaskHeadConfig, device: str | torch.device = "cpu") -> nn.Module:
-    """A `SAM2VideoPredictor` (a `SAM2Base`) from `cfg.sam2_config` at `cfg.image_size`.
-
-    One model serves both the training path (image encoder + prompt encoder + mask decoder) and
-    video propagation. `cfg.checkpoint` is a local file (None: random weights).
-    """
-    if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
-        raise FileNotFoundError(
-            f"mask.checkpoint: no SAM2 checkpoint at {cfg.checkpoint!r} (a local .pt file)"
-        )
-    # function-level: sam2's hydra only when a mask head is built
-    from hydra.errors import MissingConfigException
-
-    # function-level: sam2 (and hydra) only when a mask head is built
-    from sam2.build_sam import build_sam2_video_predictor
-
-    overrides = [f"++model.image_size={cfg.image_size}"]
-    try:
-        with _sam2_hydra():
-            model = build_sam2_video_predictor(
-                cfg.sam2_config, cfg.checkpoint, device=str(device), hydra_overrides_extra=overrides
-            )
-    except MissingConfigException as err:
-        raise ValueError(
-            f"mask.sam2_config: no SAM2 config {cfg.sam2_config!r} in the sam2 package; "
-            "expected a name like configs/sam2.1/sam2.1_hiera_t.yaml"
-        ) from err
-    if importlib.util.find_spec("sam2._C") is None:
-        # hole filling needs sam2's optional CUDA extension; without it sam2 warns on every
-        # frame and skips the step, so switch it off (the masks are the same)
-        model.fill_hole_area = 0
-    return model
-
-
-def to_sam_input(frames: Tensor, image_size: int) -> Tensor:
-    """RGB frames `[k, 3, H, W]` (uint8, or float in [0, 1]) -> `[k, 3, S, S]` float normalised.
-
-    Resized to SAM's square input without keeping the aspect ratio, as SAM2's own transforms do.
-    """
-    if frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(f"SAM2 frames must be RGB [k, 3, H, W], got {tuple(frames.shape)}")
-    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
-    mean = x.new_tensor(SAM_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(SAM_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def frame_key(video_id: str | None, frame: Tensor, index: int | None = None) -> Hashable:
@@ -328,61 +260,48 @@ class SAM2Backend(nn.Module):
             self.sam.sam_mask_decoder = decoder
             self.train(was)
 
+    def propagate_logits(
+        self,
+        frames: Tensor,
+        prompt_frame: int = 0,
+        mask: Tensor | None = None,
+        box_xyxy: Sequence[float] | Tensor | None = None,
+        sparse: Tensor | None = None,
+        dense: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(prompt-frame logits `[H, W]`, every frame's logits `[T, H, W]`) at the video's
+        resolution: SAM2's video predictor on `frames [T, 3, H, W]` (uint8 or float in [0, 1],
+        held in memory) seeded on `prompt_frame` by exactly one of a `mask [S, S]`, a pixel
+        `box_xyxy`, or a `sparse [1, t, 256]` prompt (+ optional `dense [1, 256, h, w]`) in
+        place of a dummy box's embedding (the official path), then propagated forward (and
+        backward when prompt_frame > 0) through memory attention."""
+        if sum(x is not None for x in (mask, box_xyxy, sparse)) != 1:
+            raise ValueError("propagate: give exactly one of mask, box_xyxy or sparse")
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"propagate: frames must be [T, 3, H, W], got {tuple(frames.shape)}")
+        if not 0 <= prompt_frame < len(frames):
+            raise ValueError(f"propagate: prompt_frame {prompt_frame} outside [0, {len(frames)})")
+        with self._predictor_ready(), self._autocast(), torch.inference_mode():
+            state = video_state(self.sam, frames)
+            if mask is not None:
+                first = seed_mask(self.sam, state, prompt_frame, mask)
+            elif box_xyxy is not None:
+                first = seed_box(self.sam, state, prompt_frame, torch.as_tensor(box_xyxy))
+            else:
+                assert sparse is not None
+                first = seed_embedding(self.sam, state, prompt_frame, sparse, dense)
+            first = first.float().cpu()
+            return first, propagate_logits(self.sam, state, prompt_frame)
+
     def propagate(
         self,
         frames: Tensor,
         prompt_frame: int = 0,
         mask: Tensor | None = None,
         box_xyxy: Sequence[float] | Tensor | None = None,
+        sparse: Tensor | None = None,
+        dense: Tensor | None = None,
     ) -> Tensor:
-        """Masks `[T, H, W]` bool at the video's resolution: SAM2's video predictor seeded on
-        `prompt_frame` by a `mask [S, S]` (SAM input resolution) or a pixel `box_xyxy`, then
-        propagated forward (and backward when prompt_frame > 0) through memory attention.
-
-        `SAM2VideoPredictor.init_state` only reads an mp4 path or a JPEG folder (no tensors in
-        sam2 1.x), so the frames go to a temporary JPEG folder (quality 95, 4:4:4), removed after.
-        """
-        if (mask is None) == (box_xyxy is None):
-            raise ValueError("propagate: give exactly one of mask or box_xyxy")
-        if frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"propagate: frames must be [T, 3, H, W], got {tuple(frames.shape)}")
-        num = len(frames)
-        if not 0 <= prompt_frame < num:
-            raise ValueError(f"propagate: prompt_frame {prompt_frame} outside [0, {num})")
-        h, w = frames.shape[-2:]
-        out = torch.zeros(num, h, w, dtype=torch.bool)
-        with (
-            tempfile.TemporaryDirectory(prefix="tpo_sam2_") as folder,
-            self._predictor_ready(),
-            self._autocast(),
-        ):
-            _write_jpegs(frames, folder)
-            state = self.sam.init_state(folder, offload_video_to_cpu=True)
-            with torch.inference_mode():
-                if mask is not None:
-                    self.sam.add_new_mask(state, prompt_frame, 1, mask.bool().cpu())
-                else:
-                    box = torch.as_tensor(box_xyxy, dtype=torch.float32).reshape(4).cpu()
-                    self.sam.add_new_points_or_box(
-                        state, prompt_frame, 1, box=box.numpy(), normalize_coords=True
-                    )
-                for reverse in (False, True):
-                    if reverse and prompt_frame == 0:
-                        continue
-                    for idx, _, logits in self.sam.propagate_in_video(
-                        state, start_frame_idx=prompt_frame, reverse=reverse
-                    ):
-                        out[idx] = (logits[0, 0] > 0).cpu()
-        return out
-
-
-def _write_jpegs(frames: Tensor, folder: str) -> None:
-    """Frames `[T, 3, H, W]` (uint8 or float in [0, 1]) as `{folder}/00000.jpg`, ...."""
-    arr = frames.detach().cpu()
-    if arr.dtype != torch.uint8:
-        arr = (arr.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    arr_np = arr.permute(0, 2, 3, 1).numpy()
-    for i, img in enumerate(arr_np):
-        Image.fromarray(np.ascontiguousarray(img)).save(
-            os.path.join(folder, f"{i:05d}.jpg"), quality=95, subsampling=0
-        )
+        """Masks `[T, H, W]` bool (logits > 0) of `propagate_logits`."""
+        _, logits = self.propagate_logits(frames, prompt_frame, mask, box_xyxy, sparse, dense)
+        return logits > 0

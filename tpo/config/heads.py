@@ -83,9 +83,13 @@ class RegionHeadConfig:
 class MaskHeadConfig:
     """SAM2 mask head prompted by the <tracking> query."""
 
-    sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"  # a config name inside sam2
-    checkpoint: str | None = None  # local SAM2 checkpoint; None: random weights
-    image_size: int = 1024
+    # a SAM2 Hydra YAML file, or a config name inside the sam2 package
+    sam2_config: str = "configs/sam2.1/sam2.1_hiera_l.yaml"
+    checkpoint: str | None = None  # local SAM2 checkpoint (.pt / .safetensors); None: random
+    image_size: int | None = None  # SAM's input size; None: the SAM2 config's own (1024 full)
+    # propagation: "mask" (tpo decodes the prompted frame and seeds SAM2's memory with its mask)
+    # or "embedding" (official: the prompt replaces a dummy box's embedding on that frame)
+    propagation: str = "mask"
     prompt_tokens: int = 3  # sparse prompt [b, prompt_tokens, 256], like a box prompt
     prompt_hidden: int | None = None  # hidden width of the prompt MLP (None: d_llm, official)
     dense_prompt: bool = False  # also a dense prompt from the query (a per-channel bias)
@@ -96,7 +100,11 @@ class MaskHeadConfig:
     box_embed_l1: float = 0.0  # the official L1 to SAM2's prompt embedding of the GT box
 
     def __post_init__(self) -> None:
-        if self.image_size < 64 or self.image_size % 32:
+        if self.propagation not in ("mask", "embedding"):
+            raise ValueError(
+                f"mask.propagation must be 'mask' or 'embedding', not {self.propagation!r}"
+            )
+        if self.image_size is not None and (self.image_size < 64 or self.image_size % 32):
             raise ValueError(
                 f"mask.image_size must be a multiple of 32 >= 64, got {self.image_size}"
             )

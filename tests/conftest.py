@@ -66,3 +66,23 @@ def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("world")
     generate_toyworld(root, 5, seed=0, workers=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def converted_reduced(parity_reference, tmp_path_factory) -> Path:
+    """`official-reduced/` converted once by `tpo convert videochat-tpo` (with its side
+    configs) into a tpo inference folder."""
+    from tpo.cli import main
+
+    src = parity_reference / "official-reduced"
+    out = tmp_path_factory.mktemp("converted") / "reduced"
+    args = ["convert", "videochat-tpo", str(src), "--out", str(out)]
+    for flag, name in (
+        ("--llm-config", "llm_config.json"),
+        ("--qformer-config", "qformer_config.json"),
+        ("--sam2-config", "sam2.yaml"),
+        ("--cgdetr-config", "cgdetr_config.json"),
+    ):
+        args += [flag, str(src / name)]
+    assert main(args) == 0
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.release_shapes import meta_device, release_specs
-from helpers.sam2_yaml import sam2_from_file
+from helpers.sam2_yaml import sam2_on_meta
 from safetensors import safe_open
 
 from tpo.cli import main
@@ -54,8 +54,7 @@ def test_converted_folder_fits_build_model(converted, parity_reference):
     assert cfg.model.heads.mask.sam2_config == str((converted / "sam2.yaml").resolve())
     assert cfg.model.heads.mask.image_size == 256 and cfg.model.heads.temporal is None
     assert cfg.model.llm.arch["vocab_size"] == 32007 and cfg.model.connector.vocab_size == 101
-    with sam2_from_file():
-        model = build_model(cfg.model)
+    model = build_model(cfg.model)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(str(converted / "model.safetensors"), "pt") as f:
         got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
@@ -152,7 +151,7 @@ def test_full_size_release_converts_on_meta(parity_reference):
 
     mask = cfg.model.heads.mask
     mask.sam2_config = str(Path(sam2.__file__).parent / "configs/sam2/sam2_hiera_l.yaml")
-    with sam2_from_file(device="meta"), meta_device():
+    with sam2_on_meta(), meta_device():
         model = build_model(cfg.model)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {name: tuple(shape) for name, _, shape in plan.specs}

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.sam2_yaml import sam2_from_file
 from safetensors.torch import load_file
 
 import tpo
@@ -39,34 +38,33 @@ def test_stage3_from_a_converted_folder(parity_reference, tmp_path):
     text = (ROOT / "data_manifests" / "toyworld_stage3.yaml").read_text()
     manifest.write_text(text.replace("data_root: data/toyworld", f"data_root: {world}"))
     out = tmp_path / "stage3"
-    with sam2_from_file():
-        code = main(
-            [
-                "train",
-                "--stage",
-                "3",
-                f"train.init_from={dst}",
-                f"data.manifest={manifest}",
-                f"train.output_dir={out}",
-                "train.max_steps=1",
-                "train.micro_batch=2",
-                "train.save_every=0",
-                "train.tensorboard=false",
-            ]
-        )
-        assert code == 0
-        cfg = load_saved_config(TPOConfig, out / "final" / "config.yaml")
-        assert cfg.model.base_weights == str(dst.resolve())
-        assert cfg.model.llm.arch["vocab_size"] == 32007  # the folder's model, not the YAML's
-        model = tpo.load(out / "final", merge_lora=False).model
-        # the fine-tuned checkpoint in the official layout: the release's names, shapes, dtypes
-        back = tmp_path / "official"
-        export = ["export", str(out / "final"), "--format", "videochat-tpo", "--out", str(back)]
-        assert main([*export, "--layout", str(dst)]) == 0
-        # and as a tpo inference folder, which holds every weight (no base_weights)
-        assert main(["export", str(out / "final"), "--out", str(tmp_path / "tpo")]) == 0
-        folder = load_saved_config(TPOConfig, tmp_path / "tpo" / "config.yaml")
-        assert folder.model.base_weights is None
+    code = main(
+        [
+            "train",
+            "--stage",
+            "3",
+            f"train.init_from={dst}",
+            f"data.manifest={manifest}",
+            f"train.output_dir={out}",
+            "train.max_steps=1",
+            "train.micro_batch=2",
+            "train.save_every=0",
+            "train.tensorboard=false",
+        ]
+    )
+    assert code == 0
+    cfg = load_saved_config(TPOConfig, out / "final" / "config.yaml")
+    assert cfg.model.base_weights == str(dst.resolve())
+    assert cfg.model.llm.arch["vocab_size"] == 32007  # the folder's model, not the YAML's
+    model = tpo.load(out / "final", merge_lora=False).model
+    # the fine-tuned checkpoint in the official layout: the release's names, shapes, dtypes
+    back = tmp_path / "official"
+    export = ["export", str(out / "final"), "--format", "videochat-tpo", "--out", str(back)]
+    assert main([*export, "--layout", str(dst)]) == 0
+    # and as a tpo inference folder, which holds every weight (no base_weights)
+    assert main(["export", str(out / "final"), "--out", str(tmp_path / "tpo")]) == 0
+    folder = load_saved_config(TPOConfig, tmp_path / "tpo" / "config.yaml")
+    assert folder.model.base_weights is None
     official, again = load_file(str(src / "model.safetensors")), load_file(str(back / MODEL))
     assert sorted(official) == sorted(again)
     assert all(

@@ -8,11 +8,9 @@ import json
 
 import pytest
 import torch
-from helpers.sam2_yaml import sam2_from_file
 from safetensors.torch import load_file
 
 import tpo
-from tpo.cli import main
 from tpo.model.prompt import VISUAL_TOKEN_ID
 
 TOL = 1e-4
@@ -20,21 +18,8 @@ PROMPTS = ("temporal", "region", "mask", "plain")
 
 
 @pytest.fixture(scope="module")
-def model(parity_reference, tmp_path_factory):
-    src = parity_reference / "official-reduced"
-    out = tmp_path_factory.mktemp("parity") / "reduced"
-    args = ["convert", "videochat-tpo", str(src), "--out", str(out)]
-    for flag, name in (
-        ("--llm-config", "llm_config.json"),
-        ("--qformer-config", "qformer_config.json"),
-        ("--sam2-config", "sam2.yaml"),
-        ("--cgdetr-config", "cgdetr_config.json"),
-    ):
-        args += [flag, str(src / name)]
-    assert main(args) == 0
-    with sam2_from_file():
-        pipe = tpo.load(out, dtype=torch.float32)
-    return pipe.model
+def model(converted_reduced):
+    return tpo.load(converted_reduced, dtype=torch.float32).model
 
 
 @pytest.fixture(scope="module")

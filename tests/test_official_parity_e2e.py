@@ -3,13 +3,12 @@ answers the reference's four questions about its raw frames as the release did: 
 prompt ids and greedy tokens (`GroundedAnswer.token_ids`), head queries within 1e-4
 (`head_step_hidden`), the raw region box x (W, H, W, H).
 
-Needs the converted folder of `official-reduced/` (`tpo convert videochat-tpo`): the
-`converted_reduced` fixture reads its path from TPO_CONVERTED_REDUCED and skips without it.
+The folder is `official-reduced/` converted by `tpo convert videochat-tpo` (the
+`converted_reduced` fixture); its config selects the official modes. Masks: the embedding-
+prompted frame and SAM2's propagation through every frame, IoU >= 0.99 with the release's.
 """
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,14 +18,6 @@ import tpo
 from tpo.model.prompt import VISUAL_TOKEN_ID, Turn
 
 HEADS = {"temporal": "temporal", "region": "region", "mask": "mask", "plain": None}
-
-
-@pytest.fixture(scope="module")
-def converted_reduced():
-    path = os.environ.get("TPO_CONVERTED_REDUCED")
-    if not path:
-        pytest.skip("no converted reduced checkpoint: set TPO_CONVERTED_REDUCED to its folder")
-    return Path(path)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +61,18 @@ def test_head_queries_equal_the_release(setup):
         )  # fmt: skip
         want = expected[f"{name}.head_step_hidden"]
         assert gen.task_hidden.shape == want.shape, name
-        assert (gen.task_hidden.float() - want).abs().max() <= 1e-4, name
+        diff = (gen.task_hidden.float() - want).abs().max().item()
+        print(f"parity e2e {name} head query: max abs diff {diff:.2e}")
+        assert diff <= 1e-4, name
+
+
+def test_frames_are_prepared_as_the_release(setup):
+    pipe, ref, run, frames = setup
+    video = load_file(ref / "vision.safetensors")["in.video"][0]  # [8, 3, 224, 224]
+    got = pipe.load_input(frames).frames
+    diff = (got - video).abs().max().item()
+    print(f"parity e2e in.video from the raw frames: max abs diff {diff:.2e}")
+    assert diff <= 1e-5
 
 
 def test_region_box_is_the_raw_output_in_pixels(setup):
@@ -80,3 +82,21 @@ def test_region_box_is_the_raw_output_in_pixels(setup):
     ans = pipe.ask(frames, run["prompts"]["region"], max_new_tokens=20)
     want = (box * torch.tensor([w, h, w, h])).tolist()
     assert ans.boxes and ans.boxes[0].box == pytest.approx(want, abs=1e-4 * w)
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def test_masks_track_every_frame_as_the_release(setup):
+    pipe, ref, run, frames = setup
+    sam = load_file(ref / "sam2.safetensors")
+    want = sam["out.masks"][:, 0]  # [8, H, W] bool, every frame of the video
+    ans = pipe.ask(frames, run["prompts"]["mask"], max_new_tokens=20)
+    assert ans.heads == ["mask"] and ans.masks is not None
+    got = torch.from_numpy(ans.masks.masks)  # [f, H, W] bool on the tracked frames
+    assert list(ans.masks.frame_indices) == list(range(want.shape[0]))
+    ious = [_iou(got[i], want[i].bool()) for i in range(want.shape[0])]
+    print("parity mask IoU per frame:", [round(x, 5) for x in ious])
+    assert min(ious) >= 0.99, ious

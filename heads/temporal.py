@@ -302,7 +302,7 @@ def _frame_reader(img_size: int, resize: str):
     """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
 
     def read(video: str, times: Tensor) -> Tensor:
-        return frames_at(open_source(video), times, img_size, resize=resize)  # type: ignore[arg-type]
+        return frames_at(open_source(video), times, img_size, resize=resize)
 
     return read
 

@@ -30,7 +30,7 @@ class VisionConfig:
     drop_path: float = 0.0
     grad_checkpointing: bool = False
     checkpoint: str | None = None  # local safetensors of a pretrained encoder
-    # frame resize kernel (tpo.data.video.ResizeMode): "uint8" (torch's fast uint8 bicubic) or
+    # frame resize kernel (tpo.data.video.RESIZE_MODES): "uint8" (torch's fast uint8 bicubic) or
     # "float" (bicubic on floats, then rounded: torchvision's Resize, as the release)
     resize: str = "uint8"
 

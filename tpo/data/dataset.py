@@ -19,7 +19,6 @@ from torch.utils.data import Dataset
 from tpo.data.records import AnnotationError, Record
 from tpo.data.video import (
     FrameSource,
-    ResizeMode,
     VideoError,
     frames_at,
     load_video,
@@ -154,7 +153,7 @@ class VideoTaskDataset(Dataset):
     `feature_rate` (feat_fps, max_feats): also decode the temporal head's frames of records
     with temporal targets (`Sample.temporal_frames`). `normalize=False`: frames stay resized
     uint8 (4x smaller to ship from workers and to the device, which normalises them:
-    `TrainBatch.to`). `resize`: the frame resize kernel (`tpo.data.video.ResizeMode`).
+    `TrainBatch.to`). `resize`: the frame resize kernel (`tpo.data.video.RESIZE_MODES`).
     """
 
     def __init__(
@@ -168,7 +167,7 @@ class VideoTaskDataset(Dataset):
         strict: bool = False,
         feature_rate: tuple[float, int] | None = None,
         normalize: bool = True,
-        resize: ResizeMode = "uint8",
+        resize: str = "uint8",
     ) -> None:
         if sampling not in ("rand", "middle"):
             raise ValueError(f"sampling must be 'rand' or 'middle', got {sampling!r}")

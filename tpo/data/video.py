@@ -32,7 +32,6 @@ SampleMode = Literal["middle", "rand", "fps"]
 # bicubic on floats then clamped and rounded, as torchvision's Resize on a uint8 tensor (the
 # official release): torch's uint8 kernel rounds between its two passes, so the two differ by
 # up to 14 levels on ~20 % of the pixels
-ResizeMode = Literal["uint8", "float"]
 RESIZE_MODES = ("uint8", "float")
 VideoSource = str | Path | decord.VideoReader | np.ndarray | torch.Tensor
 
@@ -170,10 +169,10 @@ def open_video(path: str | Path, num_threads: int = 1) -> decord.VideoReader:
 
 
 def resize_frames(
-    frames: torch.Tensor, img_size: int, resize: ResizeMode = "uint8"
+    frames: torch.Tensor, img_size: int, resize: str = "uint8"
 ) -> torch.Tensor:
     """Resize `[f, 3, h, w]` uint8 (or float in [0, 1]) frames to uint8 `[f, 3, img_size,
-    img_size]` (bicubic, antialiased; `resize`: see `ResizeMode`).
+    img_size]` (bicubic, antialiased; `resize`: see `RESIZE_MODES`).
 
     Float input is quantised to uint8 first, as a decoded video would be. Training ships these
     uint8 frames to the device (`normalize_uint8` there).
@@ -220,7 +219,7 @@ def normalize_uint8(frames: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_frames(
-    frames: torch.Tensor, img_size: int, resize: ResizeMode = "uint8"
+    frames: torch.Tensor, img_size: int, resize: str = "uint8"
 ) -> torch.Tensor:
     """Resize `[f, 3, h, w]` uint8 (or float in [0, 1]) frames and ImageNet-normalise them:
     float32 `[f, 3, img_size, img_size]` (`resize_frames`, then `normalize_uint8`)."""
@@ -365,7 +364,7 @@ def frames_at(
     times: torch.Tensor,
     img_size: int,
     normalize: bool = True,
-    resize: ResizeMode = "uint8",
+    resize: str = "uint8",
 ) -> torch.Tensor:
     """Frames `[t, 3, img_size, img_size]` of `source` nearest to `times` `[t]` s (the temporal
     head's frames at its feature times): normalised, or resized uint8 with `normalize=False`."""
@@ -388,7 +387,7 @@ def load_video(
     indices: np.ndarray | None = None,
     fps: float | None = None,
     normalize: bool = True,
-    resize: ResizeMode = "uint8",
+    resize: str = "uint8",
 ) -> VideoClip:
     """Decode, sample, resize and normalise frames of a video.
 
@@ -397,7 +396,7 @@ def load_video(
     An image is a 1-frame video at 0 s. `indices` overrides sampling with explicit frame indices.
     Returns a `VideoClip` with frames `[f, 3, img_size, img_size]`; `normalize=False` keeps
     them uint8 (resized only), for a loader that normalises on the device. `resize`: the
-    resize kernel (`ResizeMode`).
+    resize kernel (`RESIZE_MODES`).
     """
     src = open_source(source, fps=fps, num_threads=num_threads)
     if indices is None:

@@ -119,7 +119,7 @@ def _samples(records: list[Record], cfg) -> VideoTaskDataset:
         records,
         num_frames=cfg.data.num_frames,
         img_size=cfg.model.vision.img_size,
-        resize=cfg.model.vision.resize,  # type: ignore[arg-type]
+        resize=cfg.model.vision.resize,
         sampling="middle",
         seed=0,
         strict=True,

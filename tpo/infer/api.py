@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from tpo.config import TPOConfig, load_saved_config
-from tpo.data.video import ResizeMode
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack
 from tpo.infer.decoding import Decoding
 from tpo.infer.ensemble import DEFAULT_K, EnsembleOptions, PreferenceEnsemble, default_k, resolve_k
@@ -53,7 +52,7 @@ class TPOPipeline:
         *,
         num_frames: int,
         img_size: int,
-        resize: ResizeMode = "uint8",
+        resize: str = "uint8",
         ensemble_k: int = DEFAULT_K,
     ) -> None:
         self.predictor = Predictor(

@@ -21,7 +21,6 @@ import torch
 
 from tpo.data.video import (
     FrameSource,
-    ResizeMode,
     VideoError,
     frames_at,
     load_video,
@@ -112,7 +111,7 @@ class Predictor:
     """A TPOModel + its prompt collator answering grounded questions (see the module docstring).
 
     `num_frames`: frames the LLM sees per video; `img_size`: the vision encoder's input size;
-    `resize`: the frame resize kernel (`tpo.data.video.ResizeMode`, the config's
+    `resize`: the frame resize kernel (`tpo.data.video.RESIZE_MODES`, the config's
     `model.vision.resize`); `decoding`: the default strategy (greedy).
     """
 
@@ -123,7 +122,7 @@ class Predictor:
         *,
         num_frames: int,
         img_size: int,
-        resize: ResizeMode = "uint8",
+        resize: str = "uint8",
         decoding: Decoding | None = None,
     ) -> None:
         self.model = model.eval()

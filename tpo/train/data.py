@@ -202,7 +202,7 @@ def build_train_data(cfg: TPOConfig, stage: Stage, dist: DistInfo) -> TrainData:
         strict=False,
         feature_rate=feature_rate,
         normalize=False,  # uint8 to the device, normalised there (TrainBatch.to)
-        resize=cfg.model.vision.resize,  # type: ignore[arg-type]
+        resize=cfg.model.vision.resize,
     )
     if dist.is_main:  # every rank loads the same records: count their skips once
         dataset.bad_samples.update({f"annotation_{k}": v for k, v in report.skipped.items()})

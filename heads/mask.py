@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -137,11 +138,19 @@ class MaskHead(TaskHead):
     @torch.no_grad()
     def predict(self, queries: HeadQueries) -> list[dict[str, Any]]:
         """`masks`: SAM2 propagation through the given mask frames (prompted on the first), else
-        through the sampled frames (prompted on the asked one, default the first)."""
+        through the sampled frames (prompted on the asked one, default the first), or with
+        `track: video` through every frame of the video (prompted on the asked sampled frame's
+        video frame, default frame 0, as the official code)."""
         parts = []
         for j, s in enumerate(queries.samples):
             if s.mask_frames is not None:
                 frames, indices, first = s.mask_frames, s.mask_frame_indices, 0
+            elif self.cfg.track == "video" and s.read_frames is not None and s.video_frames:
+                indices = np.arange(s.video_frames)
+                frames = s.read_frames(indices)
+                first = 0
+                if s.asked_frame is not None and s.frame_indices is not None:
+                    first = int(s.frame_indices[s.asked_frame])
             elif s.read_frames is not None:
                 frames, indices, first = s.read_frames(), s.frame_indices, s.asked_frame or 0
             else:

@@ -100,3 +100,13 @@ def test_masks_track_every_frame_as_the_release(setup):
     ious = [_iou(got[i], want[i].bool()) for i in range(want.shape[0])]
     print("parity mask IoU per frame:", [round(x, 5) for x in ious])
     assert min(ious) >= 0.99, ious
+
+
+def test_masks_track_every_frame_of_a_longer_video(setup):
+    pipe, ref, run, frames = setup
+    longer = torch.cat([frames, frames.flip(0)[:4]])  # 12 frames at 1 fps; the LLM sees 8
+    inp = pipe.load_input(longer)
+    assert len(inp.indices) == 8 < longer.shape[0]
+    ans = pipe.ask(longer, run["prompts"]["mask"], max_new_tokens=20)
+    assert list(ans.masks.frame_indices) == list(range(12))
+    assert ans.masks.masks.shape == (12, *frames.shape[-2:])

@@ -90,6 +90,9 @@ class MaskHeadConfig:
     # propagation: "mask" (tpo decodes the prompted frame and seeds SAM2's memory with its mask)
     # or "embedding" (official: the prompt replaces a dummy box's embedding on that frame)
     propagation: str = "mask"
+    # track: "sampled" (SAM2 tracks through the frames the LLM saw) or "video" (official: every
+    # frame of the video, prompted on frame 0 or the asked frame)
+    track: str = "sampled"
     prompt_tokens: int = 3  # sparse prompt [b, prompt_tokens, 256], like a box prompt
     prompt_hidden: int | None = None  # hidden width of the prompt MLP (None: d_llm, official)
     dense_prompt: bool = False  # also a dense prompt from the query (a per-channel bias)
@@ -100,6 +103,8 @@ class MaskHeadConfig:
     box_embed_l1: float = 0.0  # the official L1 to SAM2's prompt embedding of the GT box
 
     def __post_init__(self) -> None:
+        if self.track not in ("sampled", "video"):
+            raise ValueError(f"mask.track must be 'sampled' or 'video', not {self.track!r}")
         if self.propagation not in ("mask", "embedding"):
             raise ValueError(
                 f"mask.propagation must be 'mask' or 'embedding', not {self.propagation!r}"

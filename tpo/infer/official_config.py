@@ -75,6 +75,7 @@ OFFICIAL_MODES: dict[str, str] = {
     "model.llm.head_query": "official",
     "model.heads.region.output": "raw",
     "model.heads.mask.propagation": "embedding",
+    "model.heads.mask.track": "video",
     "model.vision.resize": "float",
 }
 

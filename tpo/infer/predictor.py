@@ -286,6 +286,7 @@ class Predictor:
             frame_features=self.frame_features(inp),
             read_frames=inp.raw,
             frame_indices=inp.indices,
+            video_frames=inp.source.num_total,
             mask_frames=opt.mask_frames,
             mask_frame_indices=opt.mask_frame_indices,
             fps=inp.fps,

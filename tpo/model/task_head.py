@@ -46,7 +46,8 @@ class HeadSample:
     sampled frames of the frame the question asks about (None: the head's default);
     frame_features: computes per-frame features `[t, d]` (or `[t, p, d]`) and their times `[t]`
     in seconds of the clip (may lie outside [0, duration]); read_frames: uint8 sampled frames
-    `[f, 3, H, W]` at the video's resolution; frame_indices `[f]`: their video frame numbers;
+    `[f, 3, H, W]` at the video's resolution (given video frame numbers `[k]`: those frames);
+    frame_indices `[f]`: their video frame numbers; video_frames: frames in the whole video;
     mask_frames: uint8 `[k, 3, H, W]` frames a mask head predicts on (training: the annotated
     sampled frames; inference: frames given by an evaluation, else the sampled frames) with
     their video frame numbers `mask_frame_indices` `[k]`; fps and size (H, W) of the video;
@@ -58,8 +59,9 @@ class HeadSample:
     video: str | None = None
     asked_frame: int | None = None
     frame_features: Callable[[], tuple[Tensor, Tensor]] | None = None
-    read_frames: Callable[[], Tensor] | None = None
+    read_frames: Callable[..., Tensor] | None = None
     frame_indices: np.ndarray | None = None
+    video_frames: int | None = None
     mask_frames: Tensor | None = None
     mask_frame_indices: np.ndarray | None = None
     fps: float | None = None

@@ -32,7 +32,7 @@ def annotations(world: Path, name: str) -> Path:
 class Oracle:
     """A stand-in predictor answering with the ground truth; logs the qids it was asked."""
 
-    num_frames, img_size = 4, 32
+    num_frames, img_size, resize = 4, 32, "uint8"
 
     def __init__(self) -> None:
         self.asked: list[str] = []

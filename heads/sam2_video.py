@@ -143,11 +143,17 @@ def propagate_logits(sam: nn.Module, state: dict[str, Any], prompt_frame: int) -
     num = int(state["num_frames"])
     h, w = int(state["video_height"]), int(state["video_width"])
     out = torch.zeros(num, h, w)
-    for reverse in (False, True):
-        if reverse and prompt_frame == 0:
-            continue
-        for idx, _, logits in sam.propagate_in_video(
-            state, start_frame_idx=prompt_frame, reverse=reverse
-        ):
-            out[idx] = logits[0, 0].float().cpu()
+    # function-level: sam2 only when a mask head tracks
+    from sam2 import sam2_video_predictor
+
+    # sam2 wraps every propagation in a tqdm bar of its own, which floods benchmark logs; the
+    # callers show their own progress (patched for the call, as `_in_memory_frames`)
+    with mock.patch.object(sam2_video_predictor, "tqdm", lambda it, **_: it):
+        for reverse in (False, True):
+            if reverse and prompt_frame == 0:
+                continue
+            for idx, _, logits in sam.propagate_in_video(
+                state, start_frame_idx=prompt_frame, reverse=reverse
+            ):
+                out[idx] = logits[0, 0].float().cpu()
     return out

@@ -37,10 +37,9 @@ def convert_args(src: Path, out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def converted(parity_reference, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("convert") / "reduced"
-    assert main(convert_args(parity_reference / "official-reduced", out)) == 0
-    return out
+def converted(converted_reduced) -> Path:
+    """The reduced folder converted with `convert_args` (the session's `converted_reduced`)."""
+    return converted_reduced
 
 
 def _tensors(file: Path) -> dict[str, torch.Tensor]:

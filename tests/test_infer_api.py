@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import tpo
+from tpo.config.heads import MaskHeadConfig
 from tpo.data.video import VideoError
 from tpo.heads.mask import MaskHead
 from tpo.heads.registry import names
@@ -70,6 +71,7 @@ class StandInMaskHead(MaskHead):
 
     def __init__(self):
         nn.Module.__init__(self)
+        self.cfg = MaskHeadConfig()  # its answer options (track the sampled frames)
 
     def propagate(self, prompt, frames, prompt_frame=0):
         self.prompt_frame = prompt_frame

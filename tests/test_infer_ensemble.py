@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from tpo.config.heads import MaskHeadConfig
 from tpo.heads.mask import MaskHead
 from tpo.heads.registry import names
 from tpo.infer.answer import GroundedAnswer
@@ -50,6 +51,7 @@ class RecordingMaskHead(MaskHead):
     def __init__(self) -> None:
         nn.Module.__init__(self)
         self.queries: list[torch.Tensor] = []
+        self.cfg = MaskHeadConfig()  # its answer options (track the sampled frames)
 
     def propagate(self, prompt, frames, prompt_frame=0):
         self.queries.append(prompt.detach().clone())

@@ -63,19 +63,18 @@ def main() -> None:
 
 def convert_reference(ref: Path, out: Path) -> Path:
     """`tpo convert videochat-tpo` of the reference's reduced checkpoint (with its side configs)."""
-    from tpo.cli import main as tpo_main
+    from tpo.infer.convert import convert_videochat_tpo
 
     src = ref / "official-reduced"
-    args = ["convert", "videochat-tpo", str(src), "--out", str(out)]
-    for flag, name in (
-        ("--llm-config", "llm_config.json"),
-        ("--qformer-config", "qformer_config.json"),
-        ("--sam2-config", "sam2.yaml"),
-        ("--cgdetr-config", "cgdetr_config.json"),
-    ):
-        args += [flag, str(src / name)]
-    if tpo_main(args) != 0:
-        sys.exit(f"official_latency: converting {src} failed")
+    report = convert_videochat_tpo(
+        src,
+        out,
+        llm_config=src / "llm_config.json",
+        qformer_config=src / "qformer_config.json",
+        sam2_config=src / "sam2.yaml",
+        cgdetr_config=src / "cgdetr_config.json",
+    )
+    print("\n".join(report.lines()))
     return out
 
 

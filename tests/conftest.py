@@ -72,17 +72,17 @@ def world(tmp_path_factory) -> Path:
 def converted_reduced(parity_reference, tmp_path_factory) -> Path:
     """`official-reduced/` converted once by `tpo convert videochat-tpo` (with its side
     configs) into a tpo inference folder."""
-    from tpo.cli import main
+    from tpo.infer.convert import convert_videochat_tpo
 
     src = parity_reference / "official-reduced"
     out = tmp_path_factory.mktemp("converted") / "reduced"
-    args = ["convert", "videochat-tpo", str(src), "--out", str(out)]
-    for flag, name in (
-        ("--llm-config", "llm_config.json"),
-        ("--qformer-config", "qformer_config.json"),
-        ("--sam2-config", "sam2.yaml"),
-        ("--cgdetr-config", "cgdetr_config.json"),
-    ):
-        args += [flag, str(src / name)]
-    assert main(args) == 0
+    convert_videochat_tpo(
+        src,
+        out,
+        llm_config=src / "llm_config.json",
+        qformer_config=src / "qformer_config.json",
+        sam2_config=src / "sam2.yaml",
+        cgdetr_config=src / "cgdetr_config.json",
+        progress=False,
+    )
     return out

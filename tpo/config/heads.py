@@ -7,9 +7,91 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class TemporalHeadConfig:
-    """DETR-style moment decoder over per-frame vision features + saliency."""
+class CGDETRConfig:
+    """CG-DETR (the release's temporal head) on external video and query features.
 
+    Sizes default to the release's `CGDETRConfig`; `v_feat_dim` / `t_feat_dim` None: the video
+    source's width (+2 with `use_tef`) and the LLM's width (the `<temp>` query joins the text).
+    Loss weights are the release's `cg_criterion` (`span_loss_coef` 10, `giou_loss_coef` 1,
+    `label_loss_coef` 4, `eos_coef` 0.1, `lw_saliency` 4, `lw_wattn` 1, `lw_ms_align` 1,
+    `lw_distill` 1, the orthogonal-dummy term weighted by `lw_distill` too).
+    """
+
+    hidden: int = 256
+    num_heads: int = 8
+    ffn: int = 1024
+    enc_layers: int = 3
+    dec_layers: int = 3
+    t2v_layers: int = 2
+    moment_layers: int = 1
+    dummy_layers: int = 2
+    sent_layers: int = 1
+    num_queries: int = 10
+    num_dummies: int = 45
+    total_prompts: int = 10
+    num_prompts: int = 1
+    max_q_l: int = 100  # query features kept (the release cuts the text to its first 100)
+    n_input_proj: int = 2
+    input_dropout: float = 0.5
+    dropout: float = 0.1
+    use_txt_pos: bool = False
+    use_tef: bool = True  # append the 2-d temporal endpoint feature [i/t, (i+1)/t] to each clip
+    v_feat_dim: int | None = None
+    t_feat_dim: int | None = None
+    # video features: "vision" (tpo's own encoder at `temporal.feat_fps`) or "npz":
+    # `{video_feature_dir}/{video_id}.npz` holding `features` [t, video_feature_dim] at
+    # `video_feature_fps` per second (the layout moment-retrieval datasets ship)
+    video_features: str = "vision"
+    video_feature_dir: str | None = None
+    video_feature_fps: float = 1.0
+    video_feature_dim: int | None = None
+    # query features: "llm" (the LLM's token embeddings of the question) or "npz":
+    # `{query_feature_dir}/qid{qid}.npz` holding `last_hidden_state` [l, t_feat_dim]
+    query_features: str = "llm"
+    query_feature_dir: str | None = None
+    span_l1: float = 10.0
+    span_giou: float = 1.0
+    fg_ce: float = 4.0
+    eos_coef: float = 0.1
+    saliency: float = 4.0
+    saliency_margin: float = 0.2
+    wattn: float = 1.0
+    ms_align: float = 1.0
+    distill: float = 1.0
+    orthogonal: float = 1.0
+    aux_loss: bool = True
+    clip_length: float | None = None  # post-processing rounds windows to it (None: 1 / fps)
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.num_heads:
+            raise ValueError(f"cgdetr.hidden {self.hidden} not a multiple of num_heads")
+        if self.video_features not in ("vision", "npz"):
+            raise ValueError(
+                f"cgdetr.video_features must be 'vision' or 'npz', not {self.video_features!r}"
+            )
+        if self.query_features not in ("llm", "npz"):
+            raise ValueError(
+                f"cgdetr.query_features must be 'llm' or 'npz', not {self.query_features!r}"
+            )
+        if self.video_features == "npz" and not (self.video_feature_dir and self.video_feature_dim):
+            raise ValueError("cgdetr.video_features 'npz' needs video_feature_dir and video_feature_dim")
+        if self.query_features == "npz" and not self.query_feature_dir:
+            raise ValueError("cgdetr.query_features 'npz' needs query_feature_dir")
+        if not 1 <= self.num_prompts <= self.total_prompts:
+            raise ValueError("cgdetr.num_prompts must lie in [1, total_prompts]")
+        if not 1 <= self.n_input_proj <= 3:
+            raise ValueError("cgdetr.n_input_proj must be 1, 2 or 3")
+        if self.video_feature_fps <= 0:
+            raise ValueError("cgdetr.video_feature_fps must be > 0")
+
+
+@dataclass
+class TemporalHeadConfig:
+    """The temporal head: `kind` "detr" (tpo's moment decoder over per-frame vision features +
+    saliency, the fields below) or "cgdetr" (the release's CG-DETR, configured by `cgdetr`)."""
+
+    kind: str = "detr"
+    cgdetr: CGDETRConfig = field(default_factory=CGDETRConfig)
     hidden: int = 256
     num_queries: int = 10
     enc_layers: int = 2
@@ -38,6 +120,8 @@ class TemporalHeadConfig:
     nms_iou: float | None = None  # post-processing NMS IoU of the answer's windows (None: off)
 
     def __post_init__(self) -> None:
+        if self.kind not in ("detr", "cgdetr"):
+            raise ValueError(f"temporal.kind must be 'detr' or 'cgdetr', not {self.kind!r}")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"temporal.nms_iou must lie in (0, 1] or be null, got {self.nms_iou}")
         if self.hidden % self.num_heads:

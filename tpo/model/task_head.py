@@ -51,7 +51,11 @@ class HeadSample:
     mask_frames: uint8 `[k, 3, H, W]` frames a mask head predicts on (training: the annotated
     sampled frames; inference: frames given by an evaluation, else the sampled frames) with
     their video frame numbers `mask_frame_indices` `[k]`; fps and size (H, W) of the video;
-    question: the question asked (inference).
+    question: the question asked (inference); query_ids `[l]` int64: token ids of the
+    question (training and inference; the LLM-embedding query source of CG-DETR reads them);
+    qid: the annotation's question id (npz query features are keyed by it);
+    video_features `[t, d]` / query_features `[l, d]`: features given for this one question
+    (`ask(video_features=..., query_features=...)`), used instead of the head's sources.
     """
 
     duration: float
@@ -67,6 +71,10 @@ class HeadSample:
     fps: float | None = None
     size: tuple[int, int] | None = None
     question: str | None = None
+    query_ids: Tensor | None = None
+    qid: str | None = None
+    video_features: Tensor | None = None
+    query_features: Tensor | None = None
 
 
 @dataclass

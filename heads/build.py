@@ -51,6 +51,8 @@ def build_model(cfg: ModelConfig) -> TPOModel:
     torch.manual_seed(cfg.init_seed)
     mllm = build_mllm(cfg, pairs=registry.task_pairs())
     heads = build_heads(cfg, mllm.llm.width, mllm.vision.width)
+    for head in heads.values():
+        head.bind(mllm)
     features = next(
         (f for h in heads.values() if (f := h.frame_feature_source(cfg, mllm)) is not None), None
     )

@@ -118,7 +118,9 @@ class Encoder(nn.Module):
 
     def __init__(self, layers: int, hidden: int, heads: int, ffn: int, dropout: float):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(hidden, heads, ffn, dropout) for _ in range(layers)
+        )
 
     def forward(self, x: Tensor, pad: Tensor, pos: Tensor) -> Tensor:
         """x, pos `[n, l, h]`, pad `[n, l]` bool (True = ignore) -> `[n, l, h]`."""
@@ -209,7 +211,9 @@ class DecoderLayer(nn.Module):
         self.sa_out = linear()
         self.sa_drop = StochasticDepth(dropout, "row")
         self.sa_norm = nn.LayerNorm(hidden)
-        self.ca_q, self.ca_k, self.ca_k_pos, self.ca_v, self.ca_q_sine = (linear() for _ in range(5))
+        self.ca_q, self.ca_k, self.ca_k_pos, self.ca_v, self.ca_q_sine = (
+            linear() for _ in range(5)
+        )
         self.ca_q_pos = linear() if first else None
         self.ca_out = linear()
         self.ca_drop = StochasticDepth(dropout, "row")

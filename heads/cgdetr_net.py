@@ -150,7 +150,9 @@ class CGDETRNet(nn.Module):
         ctx = ((v * vmask[..., None]).sum(1) / count).detach()  # clip mean [n, h]
 
         mem, glob, attn = self._encode(v, pos_v, vmask, ctx, side, side_pos, ~side_mask.bool())
-        hs, refs = self.decoder(mem, ~vmask, pos_v, self.query_anchors.weight[None].expand(n, -1, -1))
+        hs, refs = self.decoder(
+            mem, ~vmask, pos_v, self.query_anchors.weight[None].expand(n, -1, -1)
+        )
         logits = self.class_embed(hs)  # [L, n, q, 2]
         spans = (self.span_embed(hs) + inverse_sigmoid(refs)).sigmoid()  # [L, n, q, 2]
         out = CGDETROutput(
@@ -222,7 +224,9 @@ class CGDETRNet(nn.Module):
         nm = self.moment_encoder(msrc, ~torch.cat([on, vmask & ~moment], 1), mpos)
         stok, spos = self.sentence_token.expand(n, 1, -1), self.sentence_pos.expand(n, 1, -1)
         s = self.sentence_encoder(
-            torch.cat([stok, t], 1), ~torch.cat([on, text_mask.bool()], 1), torch.cat([spos, pos_t], 1)
+            torch.cat([stok, t], 1),
+            ~torch.cat([on, text_mask.bool()], 1),
+            torch.cat([spos, pos_t], 1),
         )
         sd = self.sentence_encoder(
             torch.cat([stok, dummies], 1),

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from tpo.config.heads import TemporalHeadConfig
-from tpo.data.video import frames_at, open_source
+from tpo.heads.cgdetr import CGDETRHead
 from tpo.heads.parts import TimeWindow
 from tpo.heads.span_ops import span_cw_to_xx, span_nms
 from tpo.heads.temporal_criterion import build_temporal_criterion
-from tpo.heads.temporal_features import FrameFeatureCache, vision_frame_encoder
+from tpo.heads.temporal_features import FrameFeatureCache, frame_reader, vision_frame_encoder
 from tpo.model.task_head import HeadQueries, HeadTargets, TaskHead
 
 if TYPE_CHECKING:
@@ -94,11 +94,17 @@ class TemporalHead(TaskHead):
     tokens = ("<time_begin>", "<temp>")
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> TemporalHead | None:
-        """From `cfg.heads.temporal` (None: no temporal head); npz features set their width."""
+    def from_config(
+        cls, cfg: ModelConfig, d_llm: int, d_vision: int
+    ) -> TemporalHead | CGDETRHead | None:
+        """From `cfg.heads.temporal` (None: no temporal head): this head, or with `kind:
+        cgdetr` the release's CG-DETR (`tpo.heads.cgdetr.CGDETRHead`, the same task pair and
+        targets); npz features set their width."""
         tcfg = cfg.heads.temporal
         if tcfg is None:
             return None
+        if tcfg.kind == "cgdetr":
+            return CGDETRHead(tcfg, d_llm, d_vision)
         return cls(tcfg, d_llm=d_llm, d_feat=tcfg.feat_dim or d_vision)
 
     @classmethod
@@ -154,7 +160,7 @@ class TemporalHead(TaskHead):
         """Our vision encoder's features at `feat_fps`, cached per video (frozen encoder)."""
         return FrameFeatureCache(
             vision_frame_encoder(mllm.vision, patches=self.cfg.spatial),
-            _frame_reader(cfg.vision.img_size, cfg.vision.resize),
+            frame_reader(cfg.vision.img_size, cfg.vision.resize),
             self.cfg.feat_fps,
             self.cfg.max_feats,
         )
@@ -296,15 +302,6 @@ def _saliency_on(target: dict, stamps: Tensor) -> dict:
     clips = target["saliency"]
     idx = (stamps.clamp(min=0) // 2).long().clamp(max=len(clips) - 1).to(clips.device)
     return {**target, "saliency": clips[idx]}
-
-
-def _frame_reader(img_size: int, resize: str):
-    """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
-
-    def read(video: str, times: Tensor) -> Tensor:
-        return frames_at(open_source(video), times, img_size, resize=resize)
-
-    return read
 
 
 def frame_runs(

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tpo.data.video import frames_at, open_source
 from tpo.data.video import sample_feature_times as sample_feature_times  # moved to the data side
 
 
@@ -160,3 +161,12 @@ class FrameFeatureCache:
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
         return result
+
+
+def frame_reader(img_size: int, resize: str) -> Callable[[str, Tensor], Tensor]:
+    """`(video, times [t] s) -> frames [t, 3, S, S]` normalised, the frames nearest `times`."""
+
+    def read(video: str, times: Tensor) -> Tensor:
+        return frames_at(open_source(video), times, img_size, resize=resize)
+
+    return read

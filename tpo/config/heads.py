@@ -74,7 +74,9 @@ class CGDETRConfig:
                 f"cgdetr.query_features must be 'llm' or 'npz', not {self.query_features!r}"
             )
         if self.video_features == "npz" and not (self.video_feature_dir and self.video_feature_dim):
-            raise ValueError("cgdetr.video_features 'npz' needs video_feature_dir and video_feature_dim")
+            raise ValueError(
+                "cgdetr.video_features 'npz' needs video_feature_dir and video_feature_dim"
+            )
         if self.query_features == "npz" and not self.query_feature_dir:
             raise ValueError("cgdetr.query_features 'npz' needs query_feature_dir")
         if not 1 <= self.num_prompts <= self.total_prompts:

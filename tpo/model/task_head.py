@@ -10,7 +10,8 @@ A head is an `nn.Module` subclass of `TaskHead` declaring
   built in the data-loader workers by `tpo.train.data.collate`;
 - `criterion()`: its loss module (a dict of named losses + `weight_dict`), built for training;
 - `prepare_targets(targets, inputs)`: targets re-expressed on the inputs it gathered (identity
-  by default);
+  by default); it runs after `gather` and before `run`, and may add target-derived inputs that
+  the training forward reads (CG-DETR's clips inside the moments);
 - `predict(queries)` / `postprocess(output, queries, inputs)`: at inference, one answer part per query,
   a dict of answer fields (the built-in heads fill `GroundedAnswer`'s typed fields; any other
   key lands in `GroundedAnswer.outputs[name]`).
@@ -132,6 +133,10 @@ class TaskHead(nn.Module):
         dataset reader may fill for heads the built-in readers do not know."""
         found = sample.targets.get(cls.name)
         return None if found is None else HeadTargets(dict(found))
+
+    def bind(self, mllm: nn.Module) -> None:
+        """Called once by `build_model` with the MLLM (a head reading the LLM's embeddings keeps
+        a reference here, outside its own parameters); nothing by default."""
 
     def frame_feature_source(self, cfg: ModelConfig, mllm: nn.Module):
         """The per-frame feature source this head reads (`(video, duration) -> (feats [t, d],

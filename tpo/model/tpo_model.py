@@ -217,8 +217,8 @@ class TPOModel(nn.Module):
         for name, (queries, targets) in routed.items():
             head = self.heads[name]
             inputs = head.gather(queries)
-            result.head_outputs[name] = head.run(queries.hidden, inputs)
             result.head_targets[name] = head.prepare_targets(targets, inputs)
+            result.head_outputs[name] = head.run(queries.hidden, inputs)
         return result
 
 

@@ -8,6 +8,7 @@ other head's outputs). The pipeline answers through the one predictor (`tpo.infe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from tpo.config import TPOConfig, load_saved_config
+from tpo.heads.cgdetr_features import as_features
 from tpo.infer.answer import BoxPrediction, GroundedAnswer, MaskTrack
 from tpo.infer.decoding import Decoding
 from tpo.infer.ensemble import DEFAULT_K, EnsembleOptions, PreferenceEnsemble, default_k, resolve_k
@@ -101,6 +103,8 @@ class TPOPipeline:
         seed: int | None = None,
         decoding: Decoding | None = None,
         options: AskOptions | None = None,
+        video_features=None,
+        query_features=None,
     ) -> GroundedAnswer:
         """Answer `question` about `video`; `history` [(question, answer), ...] for multi-turn chat.
 
@@ -111,12 +115,16 @@ class TPOPipeline:
         the best-scored response; only the mask head takes the preference-attention combination
         of the responses' `<tracking>` embeddings. `GroundedAnswer.ensemble` records K, the
         scores and the texts. `options`: evaluation options (`AskOptions`).
+        `video_features` `[t, d]` / `query_features` `[l, d]` (numpy array, tensor, or the path
+        of an npz holding `features` / `last_hidden_state`): this question's features for
+        CG-DETR, in place of its sources' (merged into `options`).
         """
         return self.ask_batch(
             [(video, question)], num_frames=num_frames, max_new_tokens=max_new_tokens,
             histories=[list(history or [])], ensemble=ensemble,
             ensemble_temperature=ensemble_temperature, ensemble_score=ensemble_score, seed=seed,
-            decoding=decoding, options=None if options is None else [options],
+            decoding=decoding, options=[options], video_features=[video_features],
+            query_features=[query_features],
         )[0]  # fmt: skip
 
     @torch.no_grad()
@@ -133,10 +141,13 @@ class TPOPipeline:
         seed: int | None = None,
         decoding: Decoding | None = None,
         options: Sequence[AskOptions | None] | None = None,
+        video_features: Sequence | None = None,
+        query_features: Sequence | None = None,
     ) -> list[GroundedAnswer]:
         """Answer (video, question) pairs as padded batches; greedy answers equal those of `ask`
-        one by one. The other arguments are those of `ask` (a seeded ensemble repeats for the
-        same batch)."""
+        one by one. The other arguments are those of `ask`, one per pair for `options`,
+        `video_features` and `query_features` (None entries allowed; a seeded ensemble repeats
+        for the same batch)."""
         n_ens = resolve_k(ensemble, self.ensemble_k)
         if n_ens is not None:
             if decoding is not None:
@@ -153,6 +164,7 @@ class TPOPipeline:
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise ValueError(f"ask_batch: pair {k} must be (video, question), got {item!r}")
             _check_question(item[1], k)
+        options = _with_features(len(pairs), options, video_features, query_features)
         self.predictor.timings = Timings()
         t0 = time.perf_counter()
         inputs = [self.load_input(v, num_frames) for v, _ in pairs]
@@ -186,6 +198,35 @@ class TPOPipeline:
             text="", heads=[mask_head.name], boxes=boxes, masks=MaskTrack(masks, indices, inp.fps),
             video=inp.path, duration=inp.duration, fps=inp.fps,
         )  # fmt: skip
+
+
+def _with_features(
+    n: int,
+    options: Sequence[AskOptions | None] | None,
+    video: Sequence | None,
+    query: Sequence | None,
+) -> list[AskOptions | None] | None:
+    """The `n` pairs' options with their given video / query features (`as_features`) set."""
+    for name, given in (("options", options), ("video_features", video), ("query_features", query)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"ask_batch: {len(given)} {name} for {n} pairs")
+    if video is None and query is None:
+        return None if options is None else list(options)
+    merged: list[AskOptions | None] = []
+    for k in range(n):
+        opt = None if options is None else options[k]
+        v = None if video is None else video[k]
+        q = None if query is None else query[k]
+        if v is None and q is None:
+            merged.append(opt)
+            continue
+        changes: dict[str, torch.Tensor] = {}
+        if v is not None:
+            changes["video_features"] = as_features(v, "video")
+        if q is not None:
+            changes["query_features"] = as_features(q, "query")
+        merged.append(dataclasses.replace(opt or AskOptions(), **changes))
+    return merged
 
 
 def _check_question(question: object, k: int = 0) -> None:

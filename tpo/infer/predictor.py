@@ -89,11 +89,16 @@ class AskOptions:
     """Evaluation options of one question: `asked_frame`, the position in the sampled frames of
     the frame it asks about (None: "at X s" in the question, else each head's default);
     `mask_frames` uint8 `[k, 3, H, W]` frames a mask head propagates through instead of the
-    sampled ones, at video frames `mask_frame_indices` `[k]`."""
+    sampled ones, at video frames `mask_frame_indices` `[k]`; `qid`: the question's id (npz
+    query features are keyed by it); `video_features` `[t, d]` / `query_features` `[l, d]`
+    float32: features of this question that CG-DETR reads instead of its sources'."""
 
     asked_frame: int | None = None
     mask_frames: torch.Tensor | None = None
     mask_frame_indices: np.ndarray | None = None
+    qid: str | None = None
+    video_features: torch.Tensor | None = None
+    query_features: torch.Tensor | None = None
 
 
 @dataclass
@@ -292,6 +297,10 @@ class Predictor:
             fps=inp.fps,
             size=inp.size,
             question=question,
+            query_ids=self.collator.text_ids([question])[0],
+            qid=opt.qid,
+            video_features=opt.video_features,
+            query_features=opt.query_features,
         )
 
     def frame_features(self, inp: VideoInput):

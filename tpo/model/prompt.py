@@ -159,6 +159,14 @@ class PromptCollator:
             return []
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
+    def text_ids(self, texts: Sequence[str]) -> list[torch.Tensor | None]:
+        """Token ids `[l]` int64 of each text, without special tokens (None: no token), e.g.
+        the question ids CG-DETR's LLM query source embeds (`HeadSample.query_ids`)."""
+        return [
+            torch.tensor(ids, dtype=torch.long) if ids else None
+            for ids in self._encode(list(texts))
+        ]
+
     def _prompt_parts(self, turns: list[Turn]) -> tuple[list[list[int]], list[list[int]]]:
         """Per turn, the tokens up to and including the video and the prompt tokens after it."""
         visual = [VISUAL_TOKEN_ID] * self.num_visual

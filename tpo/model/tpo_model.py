@@ -49,7 +49,9 @@ class TrainBatch:
     videos: the video path of each sample (a name only: the model reads no file);
     box_frames `[b]` long: position in f of the frame a region question asks about (-1: none);
     mask_frames: per sample, uint8 frames `[k, 3, H0, W0]` (the annotated sampled frames) for
-    the mask head, with `mask_targets` per sample bool `[k, H0, W0]` inside `targets`.
+    the mask head, with `mask_targets` per sample bool `[k, H0, W0]` inside `targets`;
+    query_ids: per sample the token ids `[l]` int64 of its question (no special tokens; None:
+    none; they stay on the CPU in `to`); qids: per sample its annotation's question id.
     """
 
     frames: torch.Tensor
@@ -64,6 +66,8 @@ class TrainBatch:
     mask_frames: list[torch.Tensor | None] = field(default_factory=list)
     temporal_frames: list[torch.Tensor | None] = field(default_factory=list)
     temporal_times: list[torch.Tensor | None] = field(default_factory=list)
+    query_ids: list[torch.Tensor | None] = field(default_factory=list)
+    qids: list[str] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (record, reason) met on the way
 
     def __len__(self) -> int:
@@ -176,6 +180,8 @@ class TPOModel(nn.Module):
                 asked_frame=None if box is None else int(box[i]),
                 frame_features=self.frame_features(batch, i),
                 mask_frames=batch.mask_frames[i] if i < len(batch.mask_frames) else None,
+                query_ids=batch.query_ids[i] if i < len(batch.query_ids) else None,
+                qid=batch.qids[i] if i < len(batch.qids) else None,
             )
             for i in range(len(batch))
         ]

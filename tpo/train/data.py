@@ -177,6 +177,8 @@ def collate(samples: list[Sample], collator: PromptCollator) -> TrainBatch:
         mask_frames=mask_frames,
         temporal_frames=[s.temporal_frames for s in samples],
         temporal_times=[s.temporal_times for s in samples],
+        query_ids=collator.text_ids([s.record.question for s in samples]),
+        qids=[s.record.qid for s in samples],
         skipped=[pair for s in samples for pair in zip(s.bad_records, s.skipped)],
     )
 

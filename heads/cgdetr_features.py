@@ -124,18 +124,25 @@ def _given_clips(sample: HeadSample, fps: float, dim: int | None) -> ClipFeature
 class NpzVideoFeatures:
     """Clip features from `{folder}/{video_id}.npz` (array `features` `[t, dim]`, `fps` per
     second from the start of the video; video_id: the stem of `sample.video`), cut to the
-    sample's clip (features whose centre lies in `[clip_start, clip_start + duration)`)."""
+    sample's clip (features whose centre lies in `[clip_start, clip_start + duration)`);
+    `folder` None: only features given per question."""
 
-    def __init__(self, folder: str | Path, fps: float, dim: int) -> None:
+    def __init__(self, folder: str | Path | None, fps: float, dim: int) -> None:
         if fps <= 0:
             raise ValueError(f"NpzVideoFeatures: fps must be > 0, got {fps}")
-        self.folder, self.fps, self.dim = Path(folder), float(fps), int(dim)
+        self.folder = None if folder is None else Path(folder)
+        self.fps, self.dim = float(fps), int(dim)
 
     def __call__(self, sample: HeadSample) -> ClipFeatures:
         """The clip features of `sample` (its given features first)."""
         given = _given_clips(sample, self.fps, self.dim)
         if given is not None:
             return given
+        if self.folder is None:
+            raise ValueError(
+                "no video features for this question: give video_features (clip features "
+                f"[t, {self.dim}] at {self.fps:g}/s) or set heads.temporal.cgdetr.video_feature_dir"
+            )
         if sample.video is None:
             raise ValueError(
                 "npz video features are keyed by the video's file name: this question's video "
@@ -196,16 +203,22 @@ def _given_query(sample: HeadSample, dim: int | None) -> Tensor | None:
 
 class NpzQueryFeatures:
     """Query features from `{folder}/qid{qid}.npz` (array `last_hidden_state` `[l, dim]`;
-    `dim` None: any width), qid being `sample.qid`."""
+    `dim` None: any width), qid being `sample.qid`; `folder` None: only features given per
+    question."""
 
-    def __init__(self, folder: str | Path, dim: int | None = None) -> None:
-        self.folder, self.dim = Path(folder), dim
+    def __init__(self, folder: str | Path | None, dim: int | None = None) -> None:
+        self.folder, self.dim = (None if folder is None else Path(folder)), dim
 
     def __call__(self, sample: HeadSample) -> Tensor:
         """The query features `[l, d]` of `sample` (its given features first)."""
         given = _given_query(sample, self.dim)
         if given is not None:
             return given
+        if self.folder is None:
+            raise ValueError(
+                "no query features for this question: give query_features ([l, d] text "
+                "features) or set heads.temporal.cgdetr.query_feature_dir"
+            )
         if sample.qid is None:
             raise ValueError(
                 "npz query features are keyed by the question id: this question has no qid "
@@ -257,8 +270,8 @@ def build_video_source(tcfg: TemporalHeadConfig) -> TemporalFeatureSource:
     """The video source `tcfg.cgdetr.video_features` names ("npz" or "vision")."""
     c = tcfg.cgdetr
     if c.video_features == "npz":
-        if c.video_feature_dir is None or c.video_feature_dim is None:
-            raise ValueError("cgdetr.video_features 'npz' needs video_feature_dir and _dim")
+        if c.video_feature_dim is None:
+            raise ValueError("cgdetr.video_features 'npz' needs video_feature_dim")
         return NpzVideoFeatures(c.video_feature_dir, c.video_feature_fps, c.video_feature_dim)
     if c.video_features == "vision":
         return VisionVideoFeatures(tcfg.feat_fps)
@@ -270,8 +283,6 @@ def build_query_source(
 ) -> QueryFeatureSource:
     """The query source `ccfg.query_features` names ("npz", or "llm" over `embed`)."""
     if ccfg.query_features == "npz":
-        if ccfg.query_feature_dir is None:
-            raise ValueError("cgdetr.query_features 'npz' needs query_feature_dir")
         return NpzQueryFeatures(ccfg.query_feature_dir, ccfg.t_feat_dim)
     if ccfg.query_features == "llm":
         if embed is None:

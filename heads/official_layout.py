@@ -18,12 +18,17 @@ The one table both directions use: `tpo convert videochat-tpo` (official -> tpo)
     loc_decoder.*                      -> heads.region.mlp.*
     track_embed.layers.{0,1}.*         -> heads.mask.prompt_mlp.{0,2}.*
     sam.*                              -> heads.mask.backend.sam.*  (SAM2 v2.0 names)
+    cg_model.*                         -> heads.temporal.net.*  (CG-DETR: `tpo.heads.cgdetr_layout`)
+    cg_criterion.empty_weight          -> no tensor: [1, eos_coef], the config's
+                                          heads.temporal.cgdetr.eos_coef (CRITERION_WEIGHT)
 
-The tensors without a home (`KEPT_PREFIXES`, `KEPT_NAMES`: CG-DETR, the unused MLPs, the
-Q-Former's `position_ids` buffer) are kept as they are beside a converted model.
+The tensors without a home (`KEPT_PREFIXES`, `KEPT_NAMES`: the unused MLPs, the Q-Former's
+`position_ids` buffer) are kept as they are beside a converted model.
 """
 
 from __future__ import annotations
+
+from tpo.heads import cgdetr_layout
 
 # the files of a converted folder that hold the official layout (tpo.infer.convert)
 UNMAPPED_FILE = "unmapped.safetensors"  # the official tensors without a home, as they were
@@ -59,9 +64,9 @@ _QFORMER_INFIXES: tuple[tuple[str, str], ...] = (
     (".crossattention.self.", ".crossattention.attention."),
     ("embeddings.LayerNorm.", "embeddings.layernorm."),
 )
+CGDETR_PREFIX = "heads.temporal.net."  # where cg_model.* lives in tpo
+CRITERION_WEIGHT = cgdetr_layout.CRITERION_WEIGHT  # [1, eos_coef]: config, not a tensor
 KEPT_PREFIXES: tuple[str, ...] = (
-    "cg_model.",
-    "cg_criterion.",
     "project_down.",
     "merge_proj.",
     "track_embed_decode2.",
@@ -94,6 +99,8 @@ def is_kept(name: str) -> bool:
 def to_tpo(name: str) -> str:
     """The tpo name of official tensor `name` (one renamed 1:1; not for the task vectors, the
     embedding or a kept tensor); KeyError naming it when the layout has no such tensor."""
+    if name.startswith(cgdetr_layout.OFFICIAL_PREFIX):
+        return CGDETR_PREFIX + cgdetr_layout.cgdetr_to_tpo(name)
     for official, tpo in _PREFIXES:
         if name.startswith(official):
             out = tpo + name[len(official) :]
@@ -107,6 +114,8 @@ def to_tpo(name: str) -> str:
 def to_official(name: str) -> str:
     """The official name of tpo tensor `name` (the inverse of `to_tpo`); KeyError when the
     official layout has no place for it."""
+    if name.startswith(CGDETR_PREFIX):
+        return cgdetr_layout.cgdetr_to_official(name.removeprefix(CGDETR_PREFIX))
     # longest tpo prefix first: mllm.vision.vision_layernorm. before mllm.vision.
     for official, tpo in sorted(_PREFIXES, key=lambda p: -len(p[1])):
         if name.startswith(tpo):

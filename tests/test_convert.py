@@ -51,7 +51,11 @@ def test_converted_folder_fits_build_model(converted, parity_reference):
     cfg = load_saved_config(TPOConfig, converted / "config.yaml")
     assert cfg.model.llm.tokenizer == str((converted / "tokenizer").resolve())
     assert cfg.model.heads.mask.sam2_config == str((converted / "sam2.yaml").resolve())
-    assert cfg.model.heads.mask.image_size == 256 and cfg.model.heads.temporal is None
+    assert cfg.model.heads.mask.image_size == 256
+    temporal = cfg.model.heads.temporal  # CG-DETR at the sizes of its tensors and side config
+    assert temporal.kind == "cgdetr" and temporal.cgdetr.hidden == 32 and temporal.cgdetr.ffn == 64
+    assert (temporal.cgdetr.v_feat_dim, temporal.cgdetr.video_feature_dim) == (34, 32)
+    assert temporal.cgdetr.t_feat_dim == 64 and temporal.cgdetr.eos_coef == 0.1
     assert cfg.model.llm.arch["vocab_size"] == 32007 and cfg.model.connector.vocab_size == 101
     model = build_model(cfg.model)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -65,9 +69,13 @@ def test_converted_folder_fits_build_model(converted, parity_reference):
     for name, token in layout.CONTENT_VECTORS.items():
         assert torch.equal(out[layout.CONTENT][contents.index(token)], src[name].reshape(-1))
     assert torch.equal(out[layout.EMBED_DELTA], src[layout.EMBED][32000:32007])
+    cg = {k: v for k, v in src.items() if k.startswith("cg_model.")}
+    assert len(cg) == 285
+    assert all(torch.equal(out[layout.to_tpo(k)], v) for k, v in cg.items())
     kept = _tensors(converted / "unmapped.safetensors")
-    assert len(kept) == 303 and all(torch.equal(v, src[k]) for k, v in kept.items())
-    assert len(out) + len(kept) == len(src) - 3 + 1 + 1  # 3 vectors -> 1 content; + the delta
+    assert len(kept) == 17 and all(torch.equal(v, src[k]) for k, v in kept.items())
+    # 3 vectors -> 1 content; + the delta; cg_criterion.empty_weight -> eos_coef
+    assert len(out) + len(kept) == len(src) - 3 + 1 + 1 - 1
 
 
 def test_round_trip_is_bit_identical(converted, parity_reference, tmp_path, capsys):
@@ -145,7 +153,10 @@ def test_full_size_release_converts_on_meta(parity_reference):
     assert cfg.model.connector.vocab_size == 30523 and cfg.model.heads.region.hidden == 2048
     contents = [p.content for p in task_pairs()]
     plan = plan_conversion(specs, contents, list(range(32000, 32007)), torch.bfloat16)
-    assert len(plan.kept) == 303
+    assert len(plan.kept) == 17
+    cg = cfg.model.heads.temporal.cgdetr  # the release's CG-DETR, read off its tensors
+    assert (cg.hidden, cg.ffn, cg.num_queries, cg.num_dummies) == (256, 1024, 10, 45)
+    assert (cg.v_feat_dim, cg.video_feature_dim, cg.t_feat_dim) == (770, 768, 4096)
     import sam2
 
     mask = cfg.model.heads.mask
@@ -155,8 +166,9 @@ def test_full_size_release_converts_on_meta(parity_reference):
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {name: tuple(shape) for name, _, shape in plan.specs}
     assert got == want
-    assert len(names) - len(plan.kept) == 2291  # mapped
-    assert len(got) == 2291 - 3 + 1 + 1  # 3 vectors -> 1 content; the embed -> base + delta
+    assert len(names) - len(plan.kept) == 2577  # mapped, cg_criterion.empty_weight included
+    # 3 vectors -> 1 content; the embed -> base + delta; the criterion weight -> config
+    assert len(got) == 2577 - 3 + 1 + 1 - 1
 
 
 def test_sharded_release_round_trips(parity_reference, tmp_path):

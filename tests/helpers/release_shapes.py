@@ -3,8 +3,9 @@ index (`shared/reference/videochat-tpo.safetensors.index.json`) and the release'
 the measured weight map lists them: ViT-L 1024 (23 blocks), bert-base Q-Former (30,523 rows,
 cross-attention key/value from 1024), Mistral-7B (32,007 rows, LoRA r 16), the MLPs of the
 heads. SAM2's come from sam2's own v2.0 Hiera-L config built on the meta device (the official
-vendored SAM2 has the same names and shapes); CG-DETR's tensors are only kept, never built, so
-they take the reduced reference's shapes (the same 285 names)."""
+vendored SAM2 has the same names and shapes); CG-DETR's (the same 285 names as the reduced
+reference) scale the reduced shapes to the release's sizes: hidden 32 -> 256 (attention
+in-projections 96 -> 768), ffn 64 -> 1024, text features 64 -> 4096, clip features 34 -> 770."""
 
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ def _qformer(rest: str) -> tuple[int, ...]:
     return (Q, Q) if leaf == "weight" else (Q,)
 
 
+def _cgdetr(name: str, reduced: tuple[int, ...]) -> tuple[int, ...]:
+    text = "txt_proj" in name  # input_txt_proj.*, txt_proj_linear.*: 64 is the text width
+    sizes = {32: 256, 96: 768, 34: 770, 64: L if text else 1024}
+    return tuple(sizes.get(d, d) for d in reduced)
+
+
 def _llm(name: str) -> tuple[int, ...]:
     if name.endswith("layernorm.weight"):
         return (L,)
@@ -159,7 +166,7 @@ def release_specs(
         elif name.startswith("sam."):
             shape = sam[name]
         elif name.startswith(("cg_model.", "cg_criterion.")):
-            shape = reduced[name]
+            shape = _cgdetr(name, reduced[name])
         else:
             raise KeyError(f"{name}: no release shape rule")
         dtype = torch.int64 if name.endswith("position_ids") else torch.bfloat16

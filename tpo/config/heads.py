@@ -40,13 +40,15 @@ class CGDETRConfig:
     t_feat_dim: int | None = None
     # video features: "vision" (tpo's own encoder at `temporal.feat_fps`) or "npz":
     # `{video_feature_dir}/{video_id}.npz` holding `features` [t, video_feature_dim] at
-    # `video_feature_fps` per second (the layout moment-retrieval datasets ship)
+    # `video_feature_fps` per second (the layout moment-retrieval datasets ship); no dir:
+    # every question brings its features (`ask(video_features=...)`)
     video_features: str = "vision"
     video_feature_dir: str | None = None
     video_feature_fps: float = 1.0
     video_feature_dim: int | None = None
     # query features: "llm" (the LLM's token embeddings of the question) or "npz":
-    # `{query_feature_dir}/qid{qid}.npz` holding `last_hidden_state` [l, t_feat_dim]
+    # `{query_feature_dir}/qid{qid}.npz` holding `last_hidden_state` [l, t_feat_dim]; no dir:
+    # every question brings its features (`ask(query_features=...)`)
     query_features: str = "llm"
     query_feature_dir: str | None = None
     span_l1: float = 10.0
@@ -73,12 +75,8 @@ class CGDETRConfig:
             raise ValueError(
                 f"cgdetr.query_features must be 'llm' or 'npz', not {self.query_features!r}"
             )
-        if self.video_features == "npz" and not (self.video_feature_dir and self.video_feature_dim):
-            raise ValueError(
-                "cgdetr.video_features 'npz' needs video_feature_dir and video_feature_dim"
-            )
-        if self.query_features == "npz" and not self.query_feature_dir:
-            raise ValueError("cgdetr.query_features 'npz' needs query_feature_dir")
+        if self.video_features == "npz" and not self.video_feature_dim:
+            raise ValueError("cgdetr.video_features 'npz' needs video_feature_dim")
         if not 1 <= self.num_prompts <= self.total_prompts:
             raise ValueError("cgdetr.num_prompts must lie in [1, total_prompts]")
         if not 1 <= self.n_input_proj <= 3:

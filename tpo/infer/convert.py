@@ -23,13 +23,11 @@ import dataclasses
 import json
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -40,6 +38,7 @@ from tpo.heads import official_layout as layout
 from tpo.heads.build import build_model
 from tpo.heads.registry import task_pairs
 from tpo.infer import official_config
+from tpo.infer.official_source import OfficialSource, Spec
 from tpo.model.folder import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -57,65 +56,7 @@ TOKENIZER_FILES = layout.TOKENIZER_FILES
 FOLDER_FILES = {CONFIG_FILE, MODEL_FILE, UNMAPPED_FILE, OFFICIAL_FILE, SAM2_FILE, TOKENIZER_DIR}
 INDEX_FILE = layout.INDEX_FILE
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_CODES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-Spec = tuple[torch.dtype, tuple[int, ...]]
 MASK_PREFIX = "heads.mask."  # the mask head: its prompt MLP and SAM2
-
-
-class OfficialSource:
-    """The tensors of an official folder: names -> (dtype, shape) and shard file, read from the
-    safetensors headers; `tensors()` yields them one at a time, shard by shard."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        index = self.folder / INDEX_FILE
-        if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise ValueError(f"{index}: no 'weight_map' mapping inside it")
-            self.shard = {name: str(file) for name, file in weight_map.items()}
-        elif (self.folder / MODEL_FILE).is_file():
-            self.shard = {}
-        else:
-            raise FileNotFoundError(
-                f"{self.folder}: no {MODEL_FILE} or {INDEX_FILE}: not an official release folder"
-            )
-        files = sorted(set(self.shard.values())) or [MODEL_FILE]
-        self.specs: dict[str, Spec] = {}
-        self.metadata: dict[str, dict[str, str] | None] = {}  # per shard file
-        for file in files:
-            path = self.folder / file
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: a shard the index names is missing")
-            with safe_open(str(path), "pt") as f:
-                self.metadata[file] = f.metadata()
-                for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                    s = f.get_slice(name)
-                    self.specs[name] = (_CODES[s.get_dtype()], tuple(s.get_shape()))
-                    self.shard.setdefault(name, file)
-        listed = [n for n, f in self.shard.items() if n not in self.specs]
-        if listed:
-            raise ValueError(f"{index}: lists {listed[:3]}, which no shard holds")
-
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, tensor) in `specs` order, one shard open at a time."""
-        by_file: dict[str, list[str]] = {}
-        for name in self.specs:
-            by_file.setdefault(self.shard[name], []).append(name)
-        for file, names in by_file.items():
-            with safe_open(str(self.folder / file), "pt") as f:
-                for name in names:
-                    yield name, f.get_tensor(name)
 
 
 @dataclass
@@ -181,6 +122,8 @@ def plan_conversion(
         cast = dtype if src_dtype.is_floating_point else src_dtype
         if layout.is_kept(name):
             kept.append(name)
+        elif name == layout.CRITERION_WEIGHT:
+            continue  # config (heads.temporal.cgdetr.eos_coef), not a tensor
         elif name in vectors:
             width = shape[-1]
         elif name == layout.EMBED:
@@ -285,12 +228,14 @@ def converted_config(
     *,
     llm_side: dict[str, Any] | None = None,
     qformer_side: dict[str, Any] | None = None,
+    cgdetr_side: dict[str, Any] | None = None,
     sam2_image_size: int = 1024,
     tokenizer: str = f"./{TOKENIZER_DIR}",
     where: str = "config.json",
 ) -> tuple[TPOConfig, list[str]]:
     """The tpo config of an official checkpoint (`specs`: its names -> dtype, shape) and the
-    official modes this tpo cannot switch on yet."""
+    official modes this tpo cannot switch on yet; `cgdetr_side`: CG-DETR fields over the
+    release's (`official_config.RELEASE_CGDETR` names)."""
     shapes = {name: shape for name, (_, shape) in specs.items()}
     model = official_config.model_config(
         source_config,
@@ -299,12 +244,36 @@ def converted_config(
         qformer_side=qformer_side,
         sam2_image_size=sam2_image_size,
         where=where,
+        cgdetr_side=cgdetr_side,
     )
     model["llm"]["tokenizer"] = tokenizer
     frames = source_config.get("model_config", {}).get("vision_encoder", {}).get("num_frames")
     node: dict[str, Any] = {"model": model, "data": {"num_frames": int(frames or 16)}}
     pending = apply_official_modes(node)
     return merge_into(TPOConfig, [(where, node)]), pending
+
+
+def criterion_weight(
+    source: OfficialSource, side: dict[str, Any] | None
+) -> tuple[float, float, float] | None:
+    """`cg_criterion.empty_weight` [1, eos] as (1, eos, the eos_coef for the config): the
+    side file's (else the release's) eos_coef when the tensor holds it (to its dtype's
+    precision), else the tensor's; None when the checkpoint has no CG-DETR criterion. A tensor
+    that is not [1, eos], or a side eos_coef it contradicts, is an error."""
+    name = layout.CRITERION_WEIGHT
+    if name not in source.specs:
+        return None
+    value = next(t for n, t in source.tensors(only={name}))
+    if value.shape != (2,) or float(value[0]) != 1.0:
+        raise ValueError(f"{source.folder}: {name} is {value.tolist()}, expected [1, eos_coef]")
+    eos = float(value[1])
+    fields = official_config.cgdetr_fields(side)
+    given = float(fields["eos_coef"])
+    if float(torch.tensor(given).to(value.dtype)) == eos:
+        return 1.0, eos, given
+    if "eos_coef" in official_config.cgdetr_side_fields(side):
+        raise ValueError(f"--cgdetr-config: eos_coef {given}, but {name} holds {eos}")
+    return 1.0, eos, eos
 
 
 def convert_videochat_tpo(
@@ -330,11 +299,16 @@ def convert_videochat_tpo(
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cast = DTYPES[dtype] if dtype else (floats.pop() if len(floats) == 1 else torch.float32)
     sam2_file = _sam2_yaml(sam2_config)
+    cgdetr_side = _read_json(cgdetr_config, "--cgdetr-config")
+    weight = criterion_weight(source, cgdetr_side)
+    if weight is not None:
+        cgdetr_side = {**official_config.cgdetr_side_fields(cgdetr_side), "eos_coef": weight[2]}
     cfg, pending = converted_config(
         source_config,
         source.specs,
         llm_side=_read_json(llm_config, "--llm-config"),
         qformer_side=_read_json(qformer_config, "--qformer-config"),
+        cgdetr_side=cgdetr_side,
         sam2_image_size=official_config.sam2_image_size(sam2_file),
         where=str(src / "config.json"),
     )
@@ -361,6 +335,8 @@ def convert_videochat_tpo(
         to = cast if tensor.is_floating_point() else tensor.dtype
         if name in plan.kept:
             kept[name] = tensor
+        elif name == layout.CRITERION_WEIGHT:
+            report.mapped += 1  # read by criterion_weight into the config
         elif name in plan.content_rows:
             vectors[name] = tensor.reshape(-1)
             report.mapped += 1
@@ -389,10 +365,8 @@ def convert_videochat_tpo(
         "metadata": source.metadata,
         "content_rows": plan.content_rows,
         "delta_rows": plan.delta_rows,
-        "cgdetr": {
-            **official_config.RELEASE_CGDETR,
-            **(_read_json(cgdetr_config, "--cgdetr-config") or {}),
-        },
+        "cgdetr": official_config.cgdetr_fields(cgdetr_side),
+        "criterion_weight": None if weight is None else weight[:2],
         "modes_pending": pending,
     }
     (tmp / OFFICIAL_FILE).write_text(json.dumps(record, indent=1))

@@ -3,7 +3,7 @@ tensors' shapes and optional side configs; what none of them spells out is the r
 
 Release defaults: Mistral-7B-Instruct v0.3's architecture resized to the tensors' 32,007 rows,
 a bert-base Q-Former (+ the `[DEC]` row), SAM2.0 Hiera-L (`sam2_hiera_l.yaml`), CG-DETR's
-release config (kept for the tensors without a home).
+release config (sizes read off its tensors; the rest from the release or a side file).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ RELEASE_QFORMER: dict[str, Any] = {
     "cross_attention_freq": 2,
     "layer_norm_eps": 1e-12,
 }
-# CG-DETR's release config (its tensors are kept; recorded for a future CG-DETR head)
+# CG-DETR's release config (its `CGDETRConfig` / `cg_criterion` as built); a side file
+# (`--cgdetr-config`: these names, or run.json's `cg_detr_config_as_built`) overrides it
 RELEASE_CGDETR: dict[str, Any] = {
     "hidden_dim": 256,
     "nheads": 8,
@@ -61,6 +62,23 @@ RELEASE_CGDETR: dict[str, Any] = {
     "t_feat_dim": 4096,
     "v_feat_dim": 770,
     "max_q_l": 100,
+    "num_prompts": 1,
+    "n_input_proj": 2,
+    "input_dropout": 0.5,
+    "dropout": 0.1,
+    "use_txt_pos": False,
+    "ctx_mode": "video_tef",
+    "clip_length": 1,
+    "span_loss_coef": 10,
+    "giou_loss_coef": 1,
+    "label_loss_coef": 4,
+    "eos_coef": 0.1,
+    "lw_saliency": 4,
+    "saliency_margin": 0.2,
+    "lw_wattn": 1.0,
+    "lw_ms_align": 1.0,
+    "lw_distill": 1.0,
+    "aux_loss": True,
 }
 RELEASE_SAM2 = "configs/sam2/sam2_hiera_l.yaml"  # inside the sam2 package (v2.0 Hiera-L)
 # the HF config fields that describe the file, not the architecture
@@ -190,16 +208,108 @@ def llm_config(
     return {"path": None, "arch": arch, "template": "mistral", "lora": lora}
 
 
-def heads_config(shapes: Shapes, sam2_image_size: int, where: str) -> dict[str, Any]:
-    """model.heads: the region MLP and the SAM2 mask head from their tensors; no temporal
-    head (CG-DETR has no tpo head yet: its tensors are kept)."""
+def cgdetr_side_fields(side: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A CG-DETR side file's fields (its `cg_detr_config_as_built` when it is a run.json)."""
+    side = dict(side or {})
+    return dict(side.get("cg_detr_config_as_built", side))
+
+
+def cgdetr_fields(side: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The release's CG-DETR fields updated by a side file's."""
+    return {**RELEASE_CGDETR, **cgdetr_side_fields(side)}
+
+
+def cgdetr_config(shapes: Shapes, side: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """model.heads.temporal (kind cgdetr) from the `cg_model.*` tensors and the release's
+    fields (`side` overriding them); a side size the tensors contradict is an error. Features
+    are per-call or npz files (folders unset): 1 per `clip_length` s of the width the
+    input projection takes (less the 2-d TEF); queries of the width of its text projection."""
+    c = cgdetr_fields(side)
+    p = "cg_model."
+    hidden = _shape(shapes, f"{p}class_embed.weight", where)[1]
+    v_dim = _shape(shapes, f"{p}input_vid_proj.0.net.1.weight", where)[1]
+    t_dim = _shape(shapes, f"{p}input_txt_proj.0.net.1.weight", where)[1]
+    built = {
+        "hidden_dim": hidden,
+        "dim_feedforward": _shape(shapes, f"{p}transformer.encoder.layers.0.linear1.weight", where)[
+            0
+        ],
+        "v_feat_dim": v_dim,
+        "t_feat_dim": t_dim,
+        "num_queries": _shape(shapes, f"{p}query_embed.weight", where)[0],
+        "num_dummies": _shape(shapes, f"{p}dummy_rep_token", where)[0],
+        "total_prompts": _shape(shapes, f"{p}global_rep_token", where)[0],
+        "max_q_l": _shape(shapes, f"{p}txt_position_embed.position_embeddings.weight", where)[0],
+    }
+    layers = {
+        "enc_layers": r"transformer\.encoder\.layers\.(\d+)\.",
+        "dec_layers": r"transformer\.decoder\.layers\.(\d+)\.",
+        "t2v_layers": r"transformer\.t2v_encoder\.layers\.(\d+)\.",
+        "moment_layers": r"transformer\.mcls_encoder\.layers\.(\d+)\.",
+        "dummy_layers": r"txtproj_encoder\.layers\.(\d+)\.",
+        "sent_layers": r"scls_encoder\.layers\.(\d+)\.",
+        "n_input_proj": r"input_vid_proj\.(\d+)\.",
+    }
+    built.update({k: _count(shapes, re.escape(p) + v) for k, v in layers.items()})
+    given = cgdetr_side_fields(side)
+    for key, value in built.items():
+        _check(where, f"cgdetr config {key}", given.get(key), value)
+    tef = "tef" in str(c["ctx_mode"])
+    clip = float(c["clip_length"])
+    return {
+        "kind": "cgdetr",
+        "cgdetr": {
+            "hidden": hidden,
+            "num_heads": int(c["nheads"]),
+            "ffn": built["dim_feedforward"],
+            **{k: built[k] for k in layers if k != "n_input_proj"},
+            "num_queries": built["num_queries"],
+            "num_dummies": built["num_dummies"],
+            "total_prompts": built["total_prompts"],
+            "num_prompts": int(c["num_prompts"]),
+            "max_q_l": built["max_q_l"],
+            "n_input_proj": built["n_input_proj"],
+            "input_dropout": float(c["input_dropout"]),
+            "dropout": float(c["dropout"]),
+            "use_txt_pos": bool(c["use_txt_pos"]),
+            "use_tef": tef,
+            "v_feat_dim": v_dim,
+            "t_feat_dim": t_dim,
+            "video_features": "npz",
+            "video_feature_dir": None,
+            "video_feature_fps": 1.0 / clip,
+            "video_feature_dim": v_dim - (2 if tef else 0),
+            "query_features": "npz",
+            "query_feature_dir": None,
+            "span_l1": float(c["span_loss_coef"]),
+            "span_giou": float(c["giou_loss_coef"]),
+            "fg_ce": float(c["label_loss_coef"]),
+            "eos_coef": float(c["eos_coef"]),
+            "saliency": float(c["lw_saliency"]),
+            "saliency_margin": float(c["saliency_margin"]),
+            "wattn": float(c["lw_wattn"]),
+            "ms_align": float(c["lw_ms_align"]),
+            "distill": float(c["lw_distill"]),
+            "orthogonal": float(c["lw_distill"]),  # the release weights it by lw_distill
+            "aux_loss": bool(c["aux_loss"]),
+            "clip_length": clip,
+        },
+    }
+
+
+def heads_config(
+    shapes: Shapes, sam2_image_size: int, where: str, cgdetr_side: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """model.heads: CG-DETR (when the checkpoint holds `cg_model.*`), the region MLP and the
+    SAM2 mask head, from their tensors."""
     region_hidden = _shape(shapes, "loc_decoder.0.weight", where)[0]
     prompt_hidden = _shape(shapes, "track_embed.layers.0.weight", where)[0]
     prompt_out = _shape(shapes, "track_embed.layers.1.weight", where)[0]
     if prompt_out % 256:
         raise ValueError(f"{where}: track_embed.layers.1 gives {prompt_out}, not k x 256")
+    has_cgdetr = any(k.startswith("cg_model.") for k in shapes)
     return {
-        "temporal": None,
+        "temporal": cgdetr_config(shapes, cgdetr_side, where) if has_cgdetr else None,
         "region": {"hidden": region_hidden},
         "mask": {
             "sam2_config": "./sam2.yaml",
@@ -219,6 +329,7 @@ def model_config(
     qformer_side: Mapping[str, Any] | None,
     sam2_image_size: int,
     where: str,
+    cgdetr_side: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `model` mapping of the converted config (`llm.tokenizer` is set by the writer)."""
     return {
@@ -226,7 +337,7 @@ def model_config(
         "connector": connector_config(official, shapes, qformer_side, where),
         "llm": llm_config(official, shapes, llm_side, where),
         "tokens": {"box_hidden": _shape(shapes, "loc_encoder.0.weight", where)[0]},
-        "heads": heads_config(shapes, sam2_image_size, where),
+        "heads": heads_config(shapes, sam2_image_size, where, cgdetr_side),
     }
 
 

@@ -53,6 +53,8 @@ def official_tensors(record: dict, get: Getter, kept: Getter) -> Iterator[tuple[
     for name, dtype, shape, _ in record["tensors"]:
         if layout.is_kept(name):
             value = kept(name)
+        elif name == layout.CRITERION_WEIGHT:  # config, recorded by the converter
+            value = torch.tensor(record["criterion_weight"], dtype=torch.float64)
         elif name in rows:
             content = get(layout.CONTENT) if content is None else content
             value = content[rows[name]].reshape(shape)
@@ -71,7 +73,8 @@ def used_tpo_names(record: dict) -> set[str]:
     """The tpo tensors the official layout takes."""
     used = {layout.CONTENT, layout.EMBED_BASE, layout.EMBED_DELTA}
     for name, *_ in record["tensors"]:
-        if not (layout.is_kept(name) or name in record["content_rows"] or name == layout.EMBED):
+        derived = name in record["content_rows"] or name in (layout.EMBED, layout.CRITERION_WEIGHT)
+        if not (layout.is_kept(name) or derived):
             used.add(layout.to_tpo(name))
     return used
 

@@ -40,16 +40,17 @@ data: $(DATA)/annotations/qvh_train.jsonl
 $(DATA)/annotations/qvh_train.jsonl: $(STAMP)
 	$(TPO) toyworld --out $(DATA) --videos $(VIDEOS) --seed 0
 
-STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG))
+# CONFIG: one stage YAML; CONFIG_DIR: a folder of stage1/2/3.yaml (e.g. configs/tiny/cgdetr)
+stage_args = $(if $(CONFIG),--config $(CONFIG),$(if $(CONFIG_DIR),--config $(CONFIG_DIR)/stage$(1).yaml))
 
 stage1: data
-	$(TPO) train --stage 1 $(STAGE_ARGS) $(ARGS)
+	$(TPO) train --stage 1 $(call stage_args,1) $(ARGS)
 
 stage2: data
-	$(TPO) train --stage 2 $(STAGE_ARGS) $(ARGS)
+	$(TPO) train --stage 2 $(call stage_args,2) $(ARGS)
 
 stage3: data
-	$(TPO) train --stage 3 $(STAGE_ARGS) $(ARGS)
+	$(TPO) train --stage 3 $(call stage_args,3) $(ARGS)
 
 CKPT ?= outputs/stage3/final
 ASK_VIDEO ?= $(DATA)/videos/toy_00160.mp4

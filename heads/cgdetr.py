@@ -107,7 +107,8 @@ class CGDETRHead(TaskHead):
             )
         self.net = CGDETRNet(cfg, d_video=d_video, d_text=d_text)
         self.video_source = build_video_source(tcfg)
-        self.query_source = build_query_source(cfg, None)
+        # "llm" queries read the LLM's embedding: set by `bind`, once the MLLM exists
+        self.query_source = None if cfg.query_features == "llm" else build_query_source(cfg, None)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, d_llm: int, d_vision: int) -> CGDETRHead | None:
@@ -143,6 +144,8 @@ class CGDETRHead(TaskHead):
 
     def gather(self, queries: HeadQueries) -> CGDETRInputs:
         """Each query's clip features (+ TEF) and query features, padded to the longest."""
+        if self.query_source is None:
+            raise RuntimeError("CGDETRHead: query_features 'llm' before bind(mllm)")
         clips: list[ClipFeatures] = [self.video_source(s) for s in queries.samples]
         videos = []
         for c in clips:

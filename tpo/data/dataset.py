@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 
 from tpo.data.records import AnnotationError, Record
 from tpo.data.video import (
-    FrameSource,
     VideoError,
     frames_at,
     load_video,
@@ -282,7 +281,6 @@ class VideoTaskDataset(Dataset):
         return sample
 
 
-
 def sample_weights(records: Sequence[Record], weights: Mapping[str, float]) -> torch.Tensor:
     """Per-record weights `[n]` such that each dataset is drawn with probability ~ its weight.
 
@@ -298,4 +296,3 @@ def sample_weights(records: Sequence[Record], weights: Mapping[str, float]) -> t
     return torch.tensor(
         [weights[r.dataset] / counts[r.dataset] for r in records], dtype=torch.double
     )
-

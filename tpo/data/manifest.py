@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpo.data.records import FORMAT_TASKS, TASKS, AnnotationError, LoadReport, Record
 from tpo.config.load import load_config
 from tpo.data.loaders import load_annotation  # pycocotools etc. only when data is read
+from tpo.data.records import FORMAT_TASKS, TASKS, AnnotationError, LoadReport, Record
 
 log = logging.getLogger(__name__)
 

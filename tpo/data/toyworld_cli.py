@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
 from tpo.data.toyworld import format_summary, generate_toyworld, summarize
 
 

@@ -69,7 +69,7 @@ eval: data
 
 # The trained model against the untrained one and a prior-only baseline on the test split.
 learning: data
-	$(PY) bench/learning.py --checkpoint $(CKPT)
+	$(PY) bench/learning.py --checkpoint $(CKPT) $(if $(COMPARE),--compare $(COMPARE))
 
 # POPEN after stage 3: collect the segmentation (P_s) and textual (P_t) preference sets from the
 # stage-3 model, train the short preference phase, then mask J&F / gIoU with and without the

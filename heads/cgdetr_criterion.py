@@ -38,10 +38,9 @@ from torch import Tensor, nn
 
 from tpo.config.heads import CGDETRConfig
 from tpo.heads.cgdetr_output import CGDETROutput
-from tpo.heads.matcher import HungarianMatcher
+from tpo.heads.matcher import SET_LOSSES, HungarianMatcher, set_weight_dict
 from tpo.heads.span_ops import span_cw_to_xx, span_giou_loss
 
-SET_LOSSES = ("loss_span", "loss_giou", "loss_label")
 LOSSES = (*SET_LOSSES, "loss_saliency", "loss_ms_align", "loss_distill", "loss_orthogonal_dummy")
 RANK_LEVELS = 11  # thresholds 1..11 of saliency_all
 RANK_DIVISOR = 12.0  # the release divides the sum over the 11 levels by 12
@@ -106,18 +105,11 @@ class CGDETRCriterion(nn.Module):
         aux_layers: int = 0,
     ):
         super().__init__()
-        unknown = set(weights) - set(LOSSES)
-        if unknown:
-            raise ValueError(f"CGDETRCriterion: unknown loss weights {sorted(unknown)}")
+        self.weight_dict = set_weight_dict(weights, LOSSES, aux_layers, "CGDETRCriterion")
         self.matcher = matcher
         self.saliency_margin = saliency_margin
         self.wattn = wattn
         self.aux_layers = aux_layers
-        self.weight_dict = {k: float(w) for k, w in weights.items() if w != 0}
-        for i in range(aux_layers):
-            self.weight_dict.update(
-                {f"{k}_{i}": self.weight_dict[k] for k in SET_LOSSES if k in self.weight_dict}
-            )
         # persistent: the converter maps the checkpoint's cg_criterion.empty_weight onto it
         self.register_buffer("empty_weight", torch.tensor([1.0, eos_coef]), persistent=True)
 

@@ -63,3 +63,20 @@ class HungarianMatcher(nn.Module):
             )
             indices.append(as_long)
         return indices
+
+
+SET_LOSSES = ("loss_span", "loss_giou", "loss_label")  # the matched-set terms, per decoder layer
+
+
+def set_weight_dict(
+    weights: dict[str, float], known: set[str] | tuple[str, ...], aux_layers: int, owner: str
+) -> dict[str, float]:
+    """The non-zero `weights` plus `{name}_{i}` copies of the set terms for the `aux_layers`
+    auxiliary decoder outputs; a name not in `known` is an error naming `owner`."""
+    unknown = set(weights) - set(known)
+    if unknown:
+        raise ValueError(f"{owner}: unknown loss weights {sorted(unknown)}")
+    out = {k: float(w) for k, w in weights.items() if w != 0}
+    for i in range(aux_layers):
+        out.update({f"{k}_{i}": out[k] for k in SET_LOSSES if k in out})
+    return out

@@ -19,13 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tpo.config.heads import TemporalHeadConfig
-from tpo.heads.matcher import HungarianMatcher
+from tpo.heads.matcher import SET_LOSSES, HungarianMatcher, set_weight_dict
 from tpo.heads.span_ops import span_cw_to_xx, span_giou_loss
 
 if TYPE_CHECKING:  # annotations only: the head module imports this one to build its criterion
     from tpo.heads.temporal import TemporalOutput
-
-SET_LOSSES = ("loss_span", "loss_giou", "loss_label")
 
 
 class TemporalCriterion(nn.Module):
@@ -57,18 +55,11 @@ class TemporalCriterion(nn.Module):
     ):
         super().__init__()
         known = {*SET_LOSSES, "loss_saliency", "loss_saliency_rank", "loss_frame_fg"}
-        unknown = set(weights) - known
-        if unknown:
-            raise ValueError(f"TemporalCriterion: unknown loss weights {sorted(unknown)}")
+        self.weight_dict = set_weight_dict(weights, known, aux_layers, "TemporalCriterion")
         self.matcher = matcher
         self.saliency_margin = saliency_margin
         self.saliency_tau = saliency_tau
         self.aux_layers = aux_layers
-        self.weight_dict = {k: float(w) for k, w in weights.items() if w != 0}
-        for i in range(aux_layers):
-            self.weight_dict.update(
-                {f"{k}_{i}": self.weight_dict[k] for k in SET_LOSSES if k in self.weight_dict}
-            )
         self.register_buffer("empty_weight", torch.tensor([1.0, eos_coef]), persistent=False)
 
     def forward(

@@ -91,6 +91,18 @@ def test_round_trip_is_bit_identical(converted, parity_reference, tmp_path, caps
         assert (out / name).read_bytes() == (src / name).read_bytes()
 
 
+def test_a_folder_of_an_older_converter_is_a_clear_error(converted, tmp_path):
+    from tpo.train.export_official import read_layout
+
+    old = tmp_path / "old"
+    old.mkdir()
+    record = json.loads((converted / "official.json").read_text())
+    del record["criterion_weight"]  # before CG-DETR was mapped
+    (old / "official.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="convert the release again"):
+        read_layout(old)
+
+
 def test_official_modes_are_recorded(converted):
     record = json.loads((converted / "official.json").read_text())
     cfg = load_saved_config(TPOConfig, converted / "config.yaml")

@@ -42,6 +42,12 @@ def read_layout(folder: str | Path) -> dict:
     record = json.loads(path.read_text())
     if record.get("format") != "videochat-tpo":
         raise ValueError(f"{path}: format {record.get('format')!r}, expected 'videochat-tpo'")
+    has_cgdetr = any(n.startswith("cg_model.") for n, *_ in record.get("tensors", []))
+    if has_cgdetr and "criterion_weight" not in record:
+        raise ValueError(
+            f"{path}: converted by a tpo that kept CG-DETR unmapped; convert the release again "
+            "(`tpo convert videochat-tpo`) to export it"
+        )
     return record
 
 

@@ -255,8 +255,8 @@ def converted_config(
 
 def criterion_weight(
     source: OfficialSource, side: dict[str, Any] | None
-) -> tuple[float, float, float] | None:
-    """`cg_criterion.empty_weight` [1, eos] as (1, eos, the eos_coef for the config): the
+) -> tuple[list[float], float] | None:
+    """`cg_criterion.empty_weight` as ([1, eos] as stored, the eos_coef for the config): the
     side file's (else the release's) eos_coef when the tensor holds it (to its dtype's
     precision), else the tensor's; None when the checkpoint has no CG-DETR criterion. A tensor
     that is not [1, eos], or a side eos_coef it contradicts, is an error."""
@@ -270,10 +270,10 @@ def criterion_weight(
     fields = official_config.cgdetr_fields(side)
     given = float(fields["eos_coef"])
     if float(torch.tensor(given).to(value.dtype)) == eos:
-        return 1.0, eos, given
+        return [1.0, eos], given
     if "eos_coef" in official_config.cgdetr_side_fields(side):
         raise ValueError(f"--cgdetr-config: eos_coef {given}, but {name} holds {eos}")
-    return 1.0, eos, eos
+    return [1.0, eos], eos
 
 
 def convert_videochat_tpo(
@@ -302,7 +302,7 @@ def convert_videochat_tpo(
     cgdetr_side = _read_json(cgdetr_config, "--cgdetr-config")
     weight = criterion_weight(source, cgdetr_side)
     if weight is not None:
-        cgdetr_side = {**official_config.cgdetr_side_fields(cgdetr_side), "eos_coef": weight[2]}
+        cgdetr_side = {**official_config.cgdetr_side_fields(cgdetr_side), "eos_coef": weight[1]}
     cfg, pending = converted_config(
         source_config,
         source.specs,
@@ -366,7 +366,7 @@ def convert_videochat_tpo(
         "content_rows": plan.content_rows,
         "delta_rows": plan.delta_rows,
         "cgdetr": official_config.cgdetr_fields(cgdetr_side),
-        "criterion_weight": None if weight is None else weight[:2],
+        "criterion_weight": None if weight is None else weight[0],
         "modes_pending": pending,
     }
     (tmp / OFFICIAL_FILE).write_text(json.dumps(record, indent=1))

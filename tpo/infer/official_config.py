@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from tpo.heads import cgdetr_layout
+
 Shapes = Mapping[str, tuple[int, ...]]
 
 # Mistral-7B-Instruct-v0.3's config.json (the official `pretrained_llm_path`)
@@ -225,7 +227,7 @@ def cgdetr_config(shapes: Shapes, side: Mapping[str, Any] | None, where: str) ->
     are per-call or npz files (folders unset): 1 per `clip_length` s of the width the
     input projection takes (less the 2-d TEF); queries of the width of its text projection."""
     c = cgdetr_fields(side)
-    p = "cg_model."
+    p = cgdetr_layout.OFFICIAL_PREFIX
     hidden = _shape(shapes, f"{p}class_embed.weight", where)[1]
     v_dim = _shape(shapes, f"{p}input_vid_proj.0.net.1.weight", where)[1]
     t_dim = _shape(shapes, f"{p}input_txt_proj.0.net.1.weight", where)[1]
@@ -307,7 +309,7 @@ def heads_config(
     prompt_out = _shape(shapes, "track_embed.layers.1.weight", where)[0]
     if prompt_out % 256:
         raise ValueError(f"{where}: track_embed.layers.1 gives {prompt_out}, not k x 256")
-    has_cgdetr = any(k.startswith("cg_model.") for k in shapes)
+    has_cgdetr = any(k.startswith(cgdetr_layout.OFFICIAL_PREFIX) for k in shapes)
     return {
         "temporal": cgdetr_config(shapes, cgdetr_side, where) if has_cgdetr else None,
         "region": {"hidden": region_hidden},

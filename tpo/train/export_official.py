@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from tpo.heads import cgdetr_layout
 from tpo.heads import official_layout as layout
 from tpo.model.folder import (
     MODEL_FILE,
@@ -42,7 +43,9 @@ def read_layout(folder: str | Path) -> dict:
     record = json.loads(path.read_text())
     if record.get("format") != "videochat-tpo":
         raise ValueError(f"{path}: format {record.get('format')!r}, expected 'videochat-tpo'")
-    has_cgdetr = any(n.startswith("cg_model.") for n, *_ in record.get("tensors", []))
+    has_cgdetr = any(
+        n.startswith(cgdetr_layout.OFFICIAL_PREFIX) for n, *_ in record.get("tensors", [])
+    )
     if has_cgdetr and "criterion_weight" not in record:
         raise ValueError(
             f"{path}: converted by a tpo that kept CG-DETR unmapped; convert the release again "

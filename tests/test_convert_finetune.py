@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.toy_manifest import toy_manifest
 from safetensors.torch import load_file
 
 import tpo
@@ -42,9 +43,7 @@ def test_stage3_from_a_converted_folder(parity_reference, tmp_path):
     assert main(args) == 0
     world = tmp_path / "world"
     generate_toyworld(world, 2, seed=3, workers=1, test_fraction=0.5)
-    manifest = tmp_path / "m3.yaml"
-    text = (ROOT / "data_manifests" / "toyworld_stage3.yaml").read_text()
-    manifest.write_text(text.replace("data_root: data/toyworld", f"data_root: {world}"))
+    manifest = toy_manifest(world, 3, tmp_path / "m3.yaml")
     out = tmp_path / "stage3"
     # in a process of its own: `tpo train` tears its process group down at the end, which
     # would leave DeepSpeed's cached groups stale for later in-process runs of this session

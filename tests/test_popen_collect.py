@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.toy_manifest import toy_manifest
 from pycocotools import mask as mask_utils
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -46,9 +47,7 @@ def setup(tmp_path_factory):
 
     world = tmp_path_factory.mktemp("world")
     generate_toyworld(world, 2, seed=5, workers=1)
-    manifest = world / "m.yaml"
-    text = (ROOT / "data_manifests" / "toyworld_stage3.yaml").read_text()
-    manifest.write_text(text.replace("data_root: data/toyworld", f"data_root: {world}"))
+    manifest = toy_manifest(world, 3, world / "m.yaml")
     cfg = load_config(TPOConfig, [ROOT / "configs" / "tiny" / "stage3.yaml"])
     model = build_train_model(cfg, get_stage(3)).eval()
     records, _ = load_records(load_manifest(manifest))

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.toy_manifest import toy_manifest
 
 from tpo.config import ConfigError, TPOConfig, load_config
 from tpo.popen.data import PopenBatch
@@ -120,10 +121,7 @@ def env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("popen")
     generate_toyworld(root / "world", 4, seed=5, workers=1)
-    text = (ROOT / "data_manifests" / "toyworld_stage3.yaml").read_text()
-    (root / "m3.yaml").write_text(
-        text.replace("data_root: data/toyworld", f"data_root: {root}/world")
-    )
+    toy_manifest(f"{root}/world", 3, root / "m3.yaml")
     _write_textual(root / "textual.jsonl", root / "world" / "videos")
     cfg = _cfg(root)
     records, _ = load_records(load_manifest(cfg.data.manifest))

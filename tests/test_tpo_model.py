@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.toy_manifest import toy_manifest
 
 from tpo.config import TPOConfig, load_config
 from tpo.model.alignment import VideoTextAlignment
@@ -21,9 +22,7 @@ def setup(tmp_path_factory):
 
     world = tmp_path_factory.mktemp("world")
     generate_toyworld(world, 4, seed=5, workers=1)
-    manifest = world / "m.yaml"
-    text = (ROOT / "data_manifests" / "toyworld_stage2.yaml").read_text()
-    manifest.write_text(text.replace("data_root: data/toyworld", f"data_root: {world}"))
+    manifest = toy_manifest(world, 2, world / "m.yaml")
     cfg = load_config(
         TPOConfig,
         [ROOT / "configs" / "tiny" / "stage3.yaml"],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.toy_manifest import toy_manifest
 
 from tpo.config import TPOConfig, load_config
 from tpo.stages import get_stage
@@ -29,10 +30,7 @@ def world(tmp_path_factory):
 
 
 def _manifest(tmp: Path, world: Path, n: int) -> Path:
-    text = (ROOT / "data_manifests" / f"toyworld_stage{n}.yaml").read_text()
-    path = tmp / f"m{n}.yaml"
-    path.write_text(text.replace("data_root: data/toyworld", f"data_root: {world}"))
-    return path
+    return toy_manifest(world, n, tmp / f"m{n}.yaml")
 
 
 def _cfg(tmp: Path, world: Path, n: int, extra=()) -> TPOConfig:
